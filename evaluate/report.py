@@ -1,0 +1,242 @@
+"""Reports of a run's results table: per-day summaries, the paper's Table 1 in Markdown, report files.
+
+The results table has one row per (run, test case): ``model, feature_set, day, user_id, item_id,
+rank`` plus optional ``cold_start`` and ``stand_in`` (see ``metrics.check_results``). Every number
+is derived from the ranks; every delta is printed with the p-value of a paired t-test over the same
+cases (and, in a second table, over per-day means).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from evaluate.metrics import KS, METRICS, check_results
+from evaluate.plots import LABELS, plot_bars, plot_days, run_order, stand_in_runs
+from evaluate.significance import PairedTest, align_runs, paired_on
+
+__all__ = ["plot_bars", "plot_days", "summarize", "table1_markdown", "write_report"]
+
+GROUP = ["model", "feature_set", "day"]
+TABLE_KS = (10, 30)
+"""The paper's Table 1 columns: HR@10, HR@30, nDCG@10, nDCG@30."""
+DEFAULT_BASELINE = "id"
+STAND_IN_NOTE = (
+    "† features produced by tiny randomly initialised stand-in models (`tiny:`): "
+    "these rows check the pipeline, their numbers say nothing about the real models."
+)
+
+
+def summarize(cases: pd.DataFrame, ks: Sequence[int] = KS) -> pd.DataFrame:
+    """Mean of every metric per (model, feature_set, day, k), plus day "all" (mean over all cases).
+
+    Columns exactly ``model, feature_set, day, k, hr, ndcg, n_cases``; rows sorted by model,
+    feature_set, day (ISO dates, then "all"), k.
+    """
+    check_results(cases)
+    keys = cases[GROUP].astype(str)
+    ranks = cases["rank"].to_numpy()
+    agg = {name: (name, "mean") for name in METRICS} | {"n_cases": ("model", "size")}
+    parts = []
+    for k in ks:
+        per_case = keys.assign(k=k, **{name: fn(ranks, k) for name, fn in METRICS.items()})
+        parts.append(per_case.groupby([*GROUP, "k"], sort=False).agg(**agg).reset_index())
+        overall = per_case.groupby(["model", "feature_set", "k"], sort=False).agg(**agg).reset_index()
+        parts.append(overall.assign(day="all"))
+    out = pd.concat(parts, ignore_index=True)[[*GROUP, "k", *METRICS, "n_cases"]]
+    # ISO dates start with a digit, so they sort before "all".
+    out = out.sort_values([*GROUP, "k"], kind="stable").reset_index(drop=True)
+    return out.astype({"k": "int64", "n_cases": "int64"})
+
+
+def _md(text: str) -> str:
+    """Escape what would break a Markdown table cell or turn a name into emphasis."""
+    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("*", "\\*").replace("_", "\\_")
+
+
+def _p(p: float) -> str:
+    if p != p:  # NaN
+        return "p=n/a"
+    return "p<0.001" if p < 0.001 else f"p={p:.3f}"
+
+
+def _delta(test: PairedTest) -> str:
+    rel = "n/a" if test.rel_delta != test.rel_delta else f"{test.rel_delta:+.1%}"
+    return f"{rel}, {_p(test.p)}"
+
+
+def _baselines(cases: pd.DataFrame, baselines: dict[str, str] | None) -> dict[str, str]:
+    """model -> baseline feature_set: the given ones (checked), else "id" where the model has it."""
+    runs = set(run_order(cases))
+    models = dict.fromkeys(m for m, _ in run_order(cases))
+    chosen = {}
+    for model in models:
+        if baselines and model in baselines:
+            if (model, baselines[model]) not in runs:
+                have = sorted(f for m, f in runs if m == model)
+                raise ValueError(
+                    f"baselines: model {model!r} has no feature_set {baselines[model]!r}; it has {have}"
+                )
+            chosen[model] = baselines[model]
+        elif (model, DEFAULT_BASELINE) in runs:
+            chosen[model] = DEFAULT_BASELINE
+    unknown = sorted(set(baselines or {}) - set(models))
+    if unknown:
+        raise ValueError(f"baselines: unknown model(s) {unknown}; models in cases: {list(models)}")
+    return chosen
+
+
+def table1_markdown(
+    cases: pd.DataFrame,
+    baselines: dict[str, str] | None = None,
+    title: str = "",
+    ks: Sequence[int] = TABLE_KS,
+) -> str:
+    """The paper's Table 1: representations grouped by model, HR@K and nDCG@K for K in ``ks``.
+
+    Each value of a non-baseline row is followed by its relative delta vs the model's baseline row
+    and the paired t-test p-value over cases, e.g. ``0.0489 (+24.4%, p=0.003)``. ``baselines`` maps
+    model -> feature_set (default: "id" where present; models without one get no deltas). A model
+    such as ``most-popular`` is simply its own group. Stand-in runs are flagged with †. A second
+    table gives the deltas with p-values over per-day means.
+    """
+    check_results(cases)
+    base = _baselines(cases, baselines)
+    stand_ins = stand_in_runs(cases)
+    summary = summarize(cases, ks).query("day == 'all'").set_index(["model", "feature_set", "k"])
+    cols = [(name, k) for name in METRICS for k in ks]
+    header = [f"{LABELS.get(name, name)}@{k}" for name, k in cols]
+    lines = [f"**{title}**", ""] if title else []
+    lines += ["| Representation | " + " | ".join(header) + " | n_cases |", "|---" * (len(cols) + 2) + "|"]
+    day_rows = []
+    current = None
+    for model, feature_set in run_order(cases):
+        if model != current:
+            current = model
+            lines.append(f"| *{_md(model)}* |" + " |" * (len(cols) + 1))
+        name = _md(feature_set) + (" †" if (model, feature_set) in stand_ins else "")
+        is_base = base.get(model) == feature_set
+        aligned = (
+            None
+            if is_base or model not in base
+            else align_runs(cases, (model, base[model]), (model, feature_set))
+        )
+        cells, day_cells = [], []
+        for metric, k in cols:
+            value = f"{summary.loc[(model, feature_set, k), metric]:.4f}"
+            if aligned is not None:
+                value += f" ({_delta(paired_on(aligned, k, metric, 'cases'))})"
+                day_cells.append(_delta(paired_on(aligned, k, metric, "days")))
+            cells.append(value)
+        if is_base:
+            name += " (baseline)"
+        n_cases = int(summary.loc[(model, feature_set, ks[0]), "n_cases"])
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {n_cases} |")
+        if aligned is not None:
+            n_days = aligned["day"].nunique()
+            day_rows.append(
+                f"| {_md(model)} | {name} | {_md(base[model])} | " + " | ".join(day_cells) + f" | {n_days} |"
+            )
+    notes = ["", "Deltas: relative to the model's baseline row; p: paired t-test over the same test cases."]
+    if stand_ins:
+        notes.append(STAND_IN_NOTE)
+    lines += notes
+    if day_rows:
+        lines += [
+            "",
+            "Over days: relative delta of the mean of per-day means, p of a paired t-test over per-day means:",
+            "",
+            "| Model | Representation | vs | " + " | ".join(header) + " | n_days |",
+            "|---" * (len(cols) + 4) + "|",
+            *day_rows,
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def per_day_markdown(cases: pd.DataFrame, k: int = 10) -> str:
+    """HR@k and nDCG@k of every run on every evaluated day (and over all days)."""
+    summary = summarize(cases, (k,))
+    stand_ins = stand_in_runs(cases)
+    days = [*sorted(d for d in summary["day"].unique() if d != "all"), "all"]
+    lines = []
+    for metric in METRICS:
+        table = summary.pivot_table(index=["model", "feature_set"], columns="day", values=metric, sort=False)
+        lines += [
+            f"{LABELS.get(metric, metric)}@{k}:",
+            "",
+            "| Model | Representation | " + " | ".join(days) + " |",
+            "|---" * (len(days) + 2) + "|",
+        ]
+        for model, feature_set in run_order(cases):
+            row = table.loc[(model, feature_set)].reindex(days)
+            vals = ["–" if v != v else f"{v:.4f}" for v in row]
+            name = _md(feature_set) + (" †" if (model, feature_set) in stand_ins else "")
+            lines.append(f"| {_md(model)} | {name} | " + " | ".join(vals) + " |")
+        lines.append("")
+    first = run_order(cases)[0]
+    counts = summary[(summary["model"] == first[0]) & (summary["feature_set"] == first[1])].set_index("day")
+    lines.append("Cases per day: " + ", ".join(f"{d}: {int(counts.loc[d, 'n_cases'])}" for d in days) + ".")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(
+    cases: pd.DataFrame,
+    out_dir: str | Path,
+    title: str,
+    baselines: dict[str, str] | None = None,
+    extra_md: str = "",
+) -> dict[str, Path]:
+    """Write report.md, results/summary.csv, plots/bars.png and plots/days.png under ``out_dir``.
+
+    Returns their paths under the keys "report", "summary", "bars", "days". With a ``cold_start``
+    column, report.md also shows Table 1 restricted to cold-start cases (items unseen in training).
+    """
+    check_results(cases)
+    if cases.empty:
+        raise ValueError("cases: the results table is empty; nothing to report")
+    out = Path(out_dir)
+    paths = {
+        "report": out / "report.md",
+        "summary": out / "results" / "summary.csv",
+        "bars": out / "plots" / "bars.png",
+        "days": out / "plots" / "days.png",
+    }
+    paths["summary"].parent.mkdir(parents=True, exist_ok=True)
+    summarize(cases).to_csv(paths["summary"], index=False)
+    plot_bars(cases, paths["bars"])
+    plot_days(cases, paths["days"])
+    days = sorted(cases["day"].astype(str).unique())
+    md = [
+        f"# {title}",
+        "",
+        f"{len(run_order(cases))} runs, {len(cases)} case rows, test days {days[0]} .. {days[-1]} "
+        "(full ranking over the catalogue; the user's history items masked).",
+        "",
+        "## Table 1",
+        "",
+        table1_markdown(cases, baselines),
+        "## Per day",
+        "",
+        per_day_markdown(cases),
+        "## Plots",
+        "",
+        "![HR@10 and nDCG@10 per representation, 95% CIs](plots/bars.png)",
+        "",
+        "![HR@10 per day](plots/days.png)",
+        "",
+    ]
+    if "cold_start" in cases.columns:
+        cold = cases[cases["cold_start"].to_numpy(dtype=bool)]
+        md += ["## Cold start", ""]
+        if cold.empty:
+            md += ["No test case has a cold-start target item (every target was seen in training).", ""]
+        else:
+            share = len(cold) / len(cases)
+            md += [f"Cases whose target item never appears in training: {share:.1%} of case rows.", ""]
+            md += [table1_markdown(cold, baselines)]
+    if extra_md:
+        md += [extra_md.rstrip(), ""]
+    paths["report"].write_text("\n".join(md))
+    return paths
