@@ -1,0 +1,46 @@
+"""The run manifest: what produced a run folder (config, package versions, input hashes, features)."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+from ray_jobs.config import RunConfig
+
+PACKAGES = ("seewhy", "torch", "ray", "numpy", "pandas", "pyarrow", "scipy", "transformers",
+            "sentence-transformers", "faster-whisper", "pydantic")
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def write_manifest(cfg: RunConfig, run_dir: Path, inputs: dict[str, str], features: dict[str, dict],
+                   status: str, **extra) -> Path:
+    path = run_dir / "manifest.json"
+    manifest = {
+        "name": cfg.name,
+        "status": status,
+        "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "config": cfg.model_dump(mode="json"),
+        "inputs": {p: {"sha256": h} for p, h in inputs.items()},
+        "feature_sets": features,
+        "packages": package_versions(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        **extra,
+    }
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, default=str))
+    tmp.replace(path)
+    return path
