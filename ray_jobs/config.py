@@ -31,14 +31,21 @@ class SynthData(_Frozen):
 
     preset: Literal["small", "medium", "microlens_100k"] = Field("small", description="Size of the log.")
     seed: int = Field(0, description="Generator seed: the same seed gives the same files.")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="SynthConfig fields to change, e.g. {p_sequential: 0.8}."
+    )
 
 
 class DataConfig(_Frozen):
     """Where the interactions, the catalog and the feature stores are."""
 
     interactions: InteractionsConfig | None = Field(None, description="The interaction log to evaluate on.")
-    synthetic: SynthData | None = Field(None, description="Generate a log instead (exclusive with interactions).")
-    catalog: CatalogConfig | None = Field(None, description="Item ids, titles and videos; optional for ID models.")
+    synthetic: SynthData | None = Field(
+        None, description="Generate a log instead (exclusive with interactions)."
+    )
+    catalog: CatalogConfig | None = Field(
+        None, description="Item ids, titles and videos; optional for ID models."
+    )
     features_root: str | None = Field(
         None, description="Store root written by `seewhy featurize` (holds features/<feature-set>/)."
     )
@@ -71,14 +78,17 @@ class ExperimentConfig(_Frozen):
     )
     most_popular: bool = Field(True, description="Add the most-popular baseline row to every table.")
     baselines: dict[str, str] = Field(
-        default_factory=dict, description="Per model, the representation deltas are computed against (default id)."
+        default_factory=dict,
+        description="Per model, the representation deltas are computed against (default id).",
     )
 
 
 class RayConfig(_Frozen):
     """How to reach Ray: a cluster address, or a local Ray started by seewhy."""
 
-    address: str | None = Field(None, description="Ray address ('auto' for a running cluster); None starts one.")
+    address: str | None = Field(
+        None, description="Ray address ('auto' for a running cluster); None starts one."
+    )
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray (default: all).")
     object_store_mb: int | None = Field(None, ge=64, description="Object store size of the local Ray.")
 

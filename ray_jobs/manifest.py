@@ -11,8 +11,19 @@ from pathlib import Path
 
 from ray_jobs.config import RunConfig
 
-PACKAGES = ("seewhy", "torch", "ray", "numpy", "pandas", "pyarrow", "scipy", "transformers",
-            "sentence-transformers", "faster-whisper", "pydantic")
+PACKAGES = (
+    "seewhy",
+    "torch",
+    "ray",
+    "numpy",
+    "pandas",
+    "pyarrow",
+    "scipy",
+    "transformers",
+    "sentence-transformers",
+    "faster-whisper",
+    "pydantic",
+)
 
 
 def package_versions() -> dict[str, str]:
@@ -25,8 +36,9 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def write_manifest(cfg: RunConfig, run_dir: Path, inputs: dict[str, str], features: dict[str, dict],
-                   status: str, **extra) -> Path:
+def write_manifest(
+    cfg: RunConfig, run_dir: Path, inputs: dict[str, str], features: dict[str, dict], status: str, **extra
+) -> Path:
     path = run_dir / "manifest.json"
     manifest = {
         "name": cfg.name,

@@ -79,12 +79,20 @@ def load_data(cfg: RunConfig) -> tuple[pd.DataFrame, np.ndarray | None, dict[str
     return df, catalog_ids, inputs, report.summary()
 
 
-def synth_config(preset: str, seed: int):
-    """The named synthetic-log preset: small (tests), medium (1k users, 60 days), microlens_100k."""
+def synth_config(preset: str, seed: int, params: dict | None = None):
+    """The named synthetic-log preset (small: tests; medium: 1k users, 60 days; microlens_100k), changed."""
     from train.synth import SynthConfig
 
-    presets = {"small": SynthConfig.small, "medium": SynthConfig, "microlens_100k": SynthConfig.microlens_100k}
-    return dataclasses.replace(presets[preset](), seed=seed)
+    presets = {
+        "small": SynthConfig.small,
+        "medium": SynthConfig,
+        "microlens_100k": SynthConfig.microlens_100k,
+    }
+    known = {f.name for f in dataclasses.fields(SynthConfig)}
+    unknown = sorted(set(params or {}) - known)
+    if unknown:
+        raise ValueError(f"data.synthetic.params: unknown SynthConfig field(s) {unknown}; valid: {sorted(known)}")
+    return dataclasses.replace(presets[preset](), seed=seed, **(params or {}))
 
 
 def _write_synthetic(cfg: RunConfig) -> Path:
@@ -93,7 +101,7 @@ def _write_synthetic(cfg: RunConfig) -> Path:
     out = cfg.run_dir / "data"
     pairs = out / "MicroLens-100k_pairs.csv"
     if not pairs.exists():
-        interactions, items = generate_log(synth_config(cfg.data.synthetic.preset, cfg.data.synthetic.seed))
+        interactions, items = generate_log(synth_config(**cfg.data.synthetic.model_dump()))
         write_microlens(interactions, items, out)
         log(f"generated a synthetic MicroLens-format log in {out} ({len(interactions):,} interactions)")
     return pairs
@@ -102,7 +110,14 @@ def _write_synthetic(cfg: RunConfig) -> Path:
 def prepare(cfg: RunConfig) -> Prepared:
     df, catalog_ids, inputs, summary = load_data(cfg)
     df = S.preprocess(df, cfg.protocol.min_interactions)
-    item_ids = np.unique(np.concatenate([df["item_id"].to_numpy(np.int64), catalog_ids if catalog_ids is not None else np.zeros(0, np.int64)]))
+    item_ids = np.unique(
+        np.concatenate(
+            [
+                df["item_id"].to_numpy(np.int64),
+                catalog_ids if catalog_ids is not None else np.zeros(0, np.int64),
+            ]
+        )
+    )
     L = cfg.protocol.history_len
 
     def to_idx(ids: np.ndarray) -> np.ndarray:
@@ -193,7 +208,9 @@ def load_features(cfg: RunConfig, feature_set: str, item_ids: np.ndarray) -> tup
         raise ValueError(f"representation {feature_set!r} needs data.features_root (a featurize store root)")
     store = FeatureStore(cfg.data.features_root, feature_set)
     if not store.parts():
-        raise ValueError(f"feature set {feature_set!r}: no parts under {store.path}; run `seewhy featurize` first")
+        raise ValueError(
+            f"feature set {feature_set!r}: no parts under {store.path}; run `seewhy featurize` first"
+        )
     matrix, ok = store.read_matrix(item_ids)
     manifest = store.manifest() or {}
     models = manifest.get("models", {})
@@ -202,8 +219,14 @@ def load_features(cfg: RunConfig, feature_set: str, item_ids: np.ndarray) -> tup
     for r in refs:
         if isinstance(r, str) and ":" in r:
             parse_ref(r)
-    info = {"path": str(store.path), "dim": int(matrix.shape[1]), "n_ok": int(ok.sum()),
-            "n_missing": int((~ok).sum()), "stand_in": stand_in, "models": models}
+    info = {
+        "path": str(store.path),
+        "dim": int(matrix.shape[1]),
+        "n_ok": int(ok.sum()),
+        "n_missing": int((~ok).sum()),
+        "stand_in": stand_in,
+        "models": models,
+    }
     if (~ok).any():
         log(f"{feature_set}: {int((~ok).sum())} of {len(ok)} items have no vector; they get zeros")
     padded = np.zeros((len(item_ids) + 1, matrix.shape[1]), dtype=np.float32)
@@ -231,7 +254,9 @@ def run(cfg: RunConfig) -> Path:
     frames: list[pd.DataFrame] = []
     if cfg.experiment.most_popular:
         ranks = most_popular_ranks(prep, cfg.protocol.popularity_window_days)
-        frames.append(_case_rows(prep, MOST_POPULAR, f"last {cfg.protocol.popularity_window_days}d", ranks, False))
+        frames.append(
+            _case_rows(prep, MOST_POPULAR, f"last {cfg.protocol.popularity_window_days}d", ranks, False)
+        )
     for rep in cfg.experiment.representations:
         kind, fs = representation(rep)
         feats = None
@@ -269,8 +294,9 @@ def run(cfg: RunConfig) -> Path:
     baselines = {m: cfg.experiment.baselines.get(m, "id") for m in cfg.experiment.models}
     baselines = {m: b for m, b in baselines.items() if b in cfg.experiment.representations}
     write_report(cases, run_dir, title=f"seewhy run: {cfg.name}", baselines=baselines or None)
-    write_manifest(cfg, run_dir, prep.inputs, features_info, status="finished",
-                   wall_s=time.perf_counter() - t0)
+    write_manifest(
+        cfg, run_dir, prep.inputs, features_info, status="finished", wall_s=time.perf_counter() - t0
+    )
     log(f"finished in {time.perf_counter() - t0:.0f}s; report: {run_dir / 'report.md'}")
     return run_dir
 

@@ -33,7 +33,9 @@ class TrainConfig(_Frozen):
     """How a model is fitted: optimiser, loss, early stopping and Ray Train scaling."""
 
     epochs_max: int = Field(30, ge=1, description="Upper bound on epochs in the fit phase (early stopping).")
-    patience: int = Field(5, ge=1, description="Epochs without validation improvement before stopping (paper: 5).")
+    patience: int = Field(
+        5, ge=1, description="Epochs without validation improvement before stopping (paper: 5)."
+    )
     valid_metric: str = Field("ndcg@10", description="Validation metric for early stopping: hr@K or ndcg@K.")
     batch_size: int = Field(256, ge=1, description="Training sequences per step, per worker.")
     lr: float = Field(1e-3, gt=0, description="Adam learning rate.")
@@ -47,7 +49,9 @@ class TrainConfig(_Frozen):
     num_workers: int = Field(2, ge=1, description="Ray Train workers (gloo on CPU, NCCL on GPUs).")
     use_gpu: bool = Field(False, description="One GPU per worker when true.")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved by each training worker.")
-    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads per worker (default: CPUs).")
+    torch_threads: int | None = Field(
+        None, ge=1, description="torch intra-op threads per worker (default: CPUs)."
+    )
     eval_batch_size: int = Field(1024, ge=1, description="Users scored at once under full ranking.")
     seed: int = Field(0, description="Seed for initialisation, sampling and shuffling.")
 

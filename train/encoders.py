@@ -65,6 +65,8 @@ def build_item_encoder(
     kind: str, n_items: int, dim: int, features: torch.Tensor | None, dropout: float = 0.0
 ) -> nn.Module:
     """``id``, ``feature`` (needs ``features``) or ``fusion`` (ID + features, gated)."""
+    if kind not in ("id", "feature", "fusion"):
+        raise ValueError(f"unknown item encoder {kind!r}; valid: id, feature, fusion")
     if kind == "id":
         return IDEncoder(n_items, dim)
     if features is None:
@@ -73,6 +75,4 @@ def build_item_encoder(
         raise ValueError(f"feature matrix has {features.shape[0]} rows; expected n_items + 1 = {n_items + 1}")
     if kind == "feature":
         return FeatureEncoder(features, dim, dropout)
-    if kind == "fusion":
-        return GatedFusion(IDEncoder(n_items, dim), FeatureEncoder(features, dim, dropout), dim)
-    raise ValueError(f"unknown item encoder {kind!r}; valid: id, feature, fusion")
+    return GatedFusion(IDEncoder(n_items, dim), FeatureEncoder(features, dim, dropout), dim)

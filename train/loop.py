@@ -11,6 +11,7 @@ same run name resumes where it stopped.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
@@ -75,10 +76,12 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
+    # Ray Train logs every report at INFO; the loop's own per-epoch lines are the progress display.
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
     mcfg = ModelConfig(**config["model_cfg"])
     tcfg = TrainConfig(**config["train_cfg"])
     torch.set_num_threads(tcfg.torch_threads or max(1, int(tcfg.cpus_per_worker)))
-    rank, world = _dist()
+    rank, _ = _dist()
     n_items: int = config["n_items"]
     folds: list[dict] = config["folds"]
     feats = config.get("features")
@@ -114,6 +117,7 @@ def train_loop_per_worker(config: dict) -> None:
     gen = torch.Generator().manual_seed(tcfg.seed * 1000 + rank)
 
     def report(metrics: dict) -> None:
+        t_report = time.perf_counter()
         metrics = {"fold": folds[min(st.fold, len(folds) - 1)]["label"], **metrics}
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
@@ -127,6 +131,13 @@ def train_loop_per_worker(config: dict) -> None:
                 torch.save(state, Path(tmp) / STATE_FILE)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)
+        if os.environ.get("SEEWHY_TRAIN_DEBUG") and rank == 0:
+            print(f"[{tag}] report took {time.perf_counter() - t_report:.2f}s", flush=True)
+        marker = config.get("fail_once_marker")  # fault injection for the resume test
+        if marker and rank == 0 and metrics.get("phase") == "test" and not os.path.exists(marker):
+            Path(marker).touch()
+            print(f"[{tag}] injected failure after {metrics['fold']}", flush=True)
+            os._exit(1)
 
     def epoch_on(name: str, epoch: int) -> tuple[float, int, float]:
         shard = ray.train.get_dataset_shard(name)
@@ -179,7 +190,9 @@ def train_loop_per_worker(config: dict) -> None:
                 loss, n, secs = epoch_on(f"refit_{st.fold}", st.epoch)
                 st.epoch += 1
                 if rank == 0:
-                    print(f"[{tag}] {label} refit epoch {st.epoch}/{target_epochs}: loss {loss:.4f}", flush=True)
+                    print(
+                        f"[{tag}] {label} refit epoch {st.epoch}/{target_epochs}: loss {loss:.4f}", flush=True
+                    )
                 if st.epoch < target_epochs:
                     report({"phase": "refit", "epoch": st.epoch, "loss": loss})
             ranks = _ranks(model, f["test_hist"], f["test_target"], tcfg.eval_batch_size)
@@ -191,7 +204,14 @@ def train_loop_per_worker(config: dict) -> None:
             st.fold, st.phase, st.epoch = st.fold + 1, "fit", 0
             st.best, st.best_epoch, st.bad = -1.0, 0, 0
             model, opt = fresh()
-            report({"fold": label, "phase": "test", "epoch": target_epochs, **{f"test_{k}": v for k, v in m.items()}})
+            report(
+                {
+                    "fold": label,
+                    "phase": "test",
+                    "epoch": target_epochs,
+                    **{f"test_{k}": v for k, v in m.items()},
+                }
+            )
 
     if os.environ.get("SEEWHY_TRAIN_DEBUG"):
         print(f"[{tag}] worker {rank} done", flush=True)

@@ -8,7 +8,9 @@ import torch
 import torch.nn.functional as F
 
 
-def candidates_for(targets: torch.Tensor, n_items: int, n_negatives: int, gen: torch.Generator) -> torch.Tensor:
+def candidates_for(
+    targets: torch.Tensor, n_items: int, n_negatives: int, gen: torch.Generator
+) -> torch.Tensor:
     """Sorted unique candidate items: the batch's targets plus uniformly sampled negatives (1..n_items)."""
     neg = torch.randint(1, n_items + 1, (n_negatives,), generator=gen, device="cpu").to(targets.device)
     return torch.unique(torch.cat([targets, neg]))

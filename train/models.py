@@ -62,7 +62,11 @@ class ResidualMLP(nn.Module):
     def __init__(self, dim: int, dropout: float) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.LayerNorm(dim), nn.Linear(dim, 4 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(4 * dim, dim)
+            nn.LayerNorm(dim),
+            nn.Linear(dim, 4 * dim),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(4 * dim, dim),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -76,7 +80,13 @@ class SASRec(Recommender):
         super().__init__(item_encoder)
         self.pos = nn.Embedding(history_len, cfg.dim)
         layer = nn.TransformerEncoderLayer(
-            cfg.dim, cfg.n_heads, 4 * cfg.dim, cfg.dropout, activation="gelu", batch_first=True, norm_first=True
+            cfg.dim,
+            cfg.n_heads,
+            4 * cfg.dim,
+            cfg.dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
         )
         self.blocks = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(cfg.dim)
@@ -85,7 +95,7 @@ class SASRec(Recommender):
         self.n_heads = cfg.n_heads
 
     def encode_sequence(self, hist: torch.Tensor) -> torch.Tensor:
-        b, length = hist.shape
+        length = hist.shape[1]
         if length > self.pos.num_embeddings:  # keep the most recent items
             hist = hist[:, -self.pos.num_embeddings :]
             length = hist.shape[1]

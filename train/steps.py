@@ -63,4 +63,3 @@ def rank_cases(
         scores = core.score(core.encode_users(h), items)
         out[lo : lo + len(t)] = rank_targets(scores, t - 1, h - 1).numpy()
     return out
-

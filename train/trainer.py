@@ -40,11 +40,15 @@ def fit_and_rank(
     storage_path: str,
     run_name: str,
     features: np.ndarray | None = None,
+    max_failures: int = 1,
+    fail_once_marker: str | None = None,
 ) -> dict[str, np.ndarray]:
     """Run the protocol for one model on Ray Train; returns test ranks per fold label.
 
     Rerunning with the same ``storage_path`` and ``run_name`` resumes from the latest checkpoint
-    (Ray Train restores it into the new run); a finished run is read back without training.
+    (Ray Train restores it into the new run); a finished run is read back without training. A worker
+    that dies is restarted up to ``max_failures`` times and continues from the latest checkpoint
+    (``fail_once_marker``: a path; the first worker to finish a fold's test exits once, for tests).
     """
     import ray
     import ray.train
@@ -78,6 +82,7 @@ def fit_and_rank(
         "folds": fold_cfg,
         "features": ray.put(features.astype(np.float32)) if features is not None else None,
         "tag": run_name,
+        "fail_once_marker": fail_once_marker,
     }
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -91,7 +96,7 @@ def fit_and_rank(
             name=run_name,
             storage_path=storage_path,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            failure_config=ray.train.FailureConfig(max_failures=1),
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
             # Per-epoch progress comes from the loop's own lines; Ray Train's INFO lines drown them.
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),

@@ -1,0 +1,56 @@
+"""Presets parse; unknown keys and bad values name their dotted path; --set overrides apply."""
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from ray_jobs.config import ConfigError, RunConfig, load_config, parse_override
+
+PRESETS = sorted((Path(__file__).parents[2] / "ray_jobs" / "configs").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=[p.name for p in PRESETS])
+def test_every_preset_parses(path):
+    assert isinstance(load_config(path), RunConfig)
+
+
+def test_unknown_key_names_its_path(tmp_path):
+    p = tmp_path / "x.yaml"
+    p.write_text("data: {synthetic: {preset: small}}\ntrain: {epochz: 3}\n")
+    with pytest.raises(ConfigError, match=r"train\.epochz: unknown key"):
+        load_config(p)
+
+
+def test_bad_value_names_its_path():
+    with pytest.raises(ConfigError, match=r"train\.lr"):
+        load_config(None, ["data.synthetic.preset=small", "train.lr=-1"])
+    with pytest.raises(ConfigError, match=r"protocol\.split"):
+        load_config(None, ["data.synthetic.preset=small", "protocol.split=random"])
+
+
+def test_exactly_one_data_source():
+    with pytest.raises(ConfigError, match=r"exactly one of data\.interactions and data\.synthetic"):
+        load_config(None, ["data.synthetic.preset=small", "data.interactions.path=x.csv"])
+
+
+def test_overrides_are_typed_and_nested():
+    cfg = load_config(
+        None,
+        [
+            "data.synthetic.preset=small",
+            "train.epochs_max=3",
+            "experiment.models=[sasrec]",
+            "train.use_gpu=false",
+        ],
+    )
+    assert cfg.train.epochs_max == 3 and cfg.experiment.models == ["sasrec"] and cfg.train.use_gpu is False
+    assert parse_override("a.b=0.5") == ("a.b", 0.5)
+    with pytest.raises(ConfigError, match=r"key\.path=value"):
+        parse_override("novalue")
+
+
+def test_config_is_frozen():
+    cfg = load_config(None, ["data.synthetic.preset=small"])
+    with pytest.raises(ValidationError):
+        cfg.train.lr = 1.0  # type: ignore[misc]

@@ -1,0 +1,162 @@
+"""`seewhy run` end to end on local Ray with Ray Train (2 CPU workers), on small generated logs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from evaluate.metrics import metrics_from_ranks
+from ray_jobs.cli import main
+from train.synth import SynthConfig, generate_log, write_microlens
+
+pytestmark = pytest.mark.integration
+
+FAST = [
+    "train.epochs_max=2",
+    "train.patience=1",
+    "train.batch_size=256",
+    "model.dim=16",
+    "model.n_layers=1",
+    "protocol.n_days=2",
+]
+
+
+@pytest.fixture(scope="module")
+def log_dir(tmp_path_factory):
+    """A MicroLens-format log the code under test has not generated itself (another seed and shape)."""
+    cfg = SynthConfig(
+        n_users=150, n_items=80, n_interactions=2500, n_days=16, recent_days=5, seed=11, n_topics=6
+    )
+    inter, items = generate_log(cfg)
+    out = tmp_path_factory.mktemp("microlens")
+    write_microlens(inter, items, out)
+    return out
+
+
+def _feature_store(root, item_ids, items_df):
+    """A feature store in DESIGN.md's layout: a noisy topic one-hot per item (written with pyarrow)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(0)
+    topics = items_df.set_index("item_id").loc[item_ids, "topic"].to_numpy()
+    vec = np.eye(8, dtype=np.float32)[topics % 8] + 0.1 * rng.standard_normal((len(item_ids), 8)).astype(
+        np.float32
+    )
+    folder = root / "features" / "topic.test"
+    folder.mkdir(parents=True)
+    table = pa.table(
+        {
+            "item_id": pa.array(item_ids, pa.int64()),
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vec.ravel(), pa.float32()), 8),
+            "status": pa.array(["ok"] * len(item_ids)),
+            "error": pa.array([""] * len(item_ids)),
+        }
+    )
+    pq.write_table(table, folder / "part-00000.parquet")
+    (folder / "_manifest.json").write_text(json.dumps({"models": {"test": {"reference": "path:/none"}}}))
+
+
+def test_run_writes_a_consistent_run_folder(ray_local, log_dir, tmp_path, capsys):
+    items = pd.read_csv(log_dir / "MicroLens-100k_title_en.csv")
+    inter = pd.read_csv(log_dir / "MicroLens-100k_pairs.csv")
+    _, gen_items = generate_log(
+        SynthConfig(
+            n_users=150, n_items=80, n_interactions=2500, n_days=16, recent_days=5, seed=11, n_topics=6
+        )
+    )
+    ids = np.unique(np.r_[items["item"].to_numpy(), inter["item"].to_numpy()])
+    _feature_store(tmp_path / "store", ids, gen_items)
+    args = [
+        "run",
+        "--config",
+        "ray_jobs/configs/quickstart.yaml",
+        "--set",
+        f"output_dir={tmp_path}",
+        "--set",
+        "name=t",
+        "--set",
+        "data.synthetic=null",
+        "--set",
+        f"data.interactions.path={log_dir / 'MicroLens-100k_pairs.csv'}",
+        "--set",
+        f"data.catalog.titles={log_dir / 'MicroLens-100k_title_en.csv'}",
+        "--set",
+        f"data.features_root={tmp_path / 'store'}",
+        "--set",
+        "experiment.models=[two-tower, sasrec]",
+        "--set",
+        "experiment.representations=[id, topic.test, id+topic.test]",
+    ]
+    for o in FAST:
+        args += ["--set", o]
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 0
+    run = tmp_path / "t"
+    cases = pd.read_parquet(run / "results" / "cases.parquet")
+    assert set(cases.columns) >= {"model", "feature_set", "day", "user_id", "item_id", "rank"}
+    runs = cases.groupby(["model", "feature_set"]).size()
+    assert len(runs) == 1 + 2 * 3 and runs.nunique() == 1  # every run covers the same cases
+    assert cases["rank"].between(1, len(ids)).all()
+
+    # The ranks in cases.parquet reproduce summary.csv.
+    summary = pd.read_csv(run / "results" / "summary.csv")
+    for (model, fs), grp in cases.groupby(["model", "feature_set"]):
+        m = metrics_from_ranks(grp["rank"].to_numpy())
+        row = summary[(summary.model == model) & (summary.feature_set == fs) & (summary.day == "all")]
+        for k in (10, 20, 30):
+            got = row[row.k == k].iloc[0]
+            assert got.hr == pytest.approx(m[f"hr@{k}"]) and got.ndcg == pytest.approx(m[f"ndcg@{k}"])
+            assert got.n_cases == len(grp)
+
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "finished"
+    assert any(p.endswith("MicroLens-100k_pairs.csv") for p in manifest["inputs"])
+    assert manifest["packages"]["torch"].startswith("2.13")
+    assert manifest["feature_sets"]["topic.test"]["dim"] == 8
+    report = (run / "report.md").read_text()
+    assert "*sasrec*" in report and "topic.test" in report and "id+topic.test" in report
+    assert (run / "plots" / "bars.png").read_bytes()[:4] == b"\x89PNG"
+    out = capsys.readouterr().out
+    assert "fit epoch 1" in out and "report:" in out
+
+    # A rerun reuses every finished (model, representation): no training, same ranks.
+    with pytest.raises(SystemExit):
+        main(args)
+    assert "already finished" in capsys.readouterr().out
+    pd.testing.assert_frame_equal(pd.read_parquet(run / "results" / "cases.parquet"), cases)
+
+
+def test_malformed_row_is_named(ray_local, log_dir, tmp_path, capsys):
+    bad = tmp_path / "pairs.csv"
+    lines = (log_dir / "MicroLens-100k_pairs.csv").read_text().splitlines()
+    lines[41] = lines[41].split(",")[0] + ",12x," + lines[41].split(",")[2]
+    bad.write_text("\n".join(lines) + "\n")
+    with pytest.raises(SystemExit) as e:
+        main(
+            [
+                "run",
+                "--config",
+                "ray_jobs/configs/quickstart.yaml",
+                "--set",
+                "data.synthetic=null",
+                "--set",
+                f"data.interactions.path={bad}",
+                "--set",
+                f"output_dir={tmp_path}",
+            ]
+        )
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "pairs.csv line 42" in err and "'item'" in err
+
+
+def test_unknown_key_exits_with_its_path(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["run", "--config", "ray_jobs/configs/quickstart.yaml", "--set", "train.epochz=1"])
+    assert e.value.code == 2
+    assert "train.epochz: unknown key" in capsys.readouterr().err
