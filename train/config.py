@@ -36,6 +36,11 @@ class TrainConfig(_Frozen):
     patience: int = Field(
         5, ge=1, description="Epochs without validation improvement before stopping (paper: 5)."
     )
+    min_epochs: int = Field(
+        0,
+        ge=0,
+        description="No early stop before this many epochs: a plateau at the start is not convergence.",
+    )
     valid_metric: str = Field("ndcg@10", description="Validation metric for early stopping: hr@K or ndcg@K.")
     batch_size: int = Field(256, ge=1, description="Training sequences per step, per worker.")
     lr: float = Field(1e-3, gt=0, description="Adam learning rate.")

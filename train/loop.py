@@ -66,6 +66,7 @@ class _Fold:
         self.best_epoch: int = d.get("best_epoch", 0)
         self.bad: int = d.get("bad", 0)
         self.chosen: list[int] = d.get("chosen", [])
+        self.resumes: int = d.get("resumes", 0)  # restarts from a checkpoint so far
 
     def as_dict(self) -> dict:
         return dict(vars(self))
@@ -108,6 +109,7 @@ def train_loop_per_worker(config: dict) -> None:
         with ckpt.as_directory() as d:
             saved = torch.load(Path(d) / STATE_FILE, weights_only=True)
         st = _Fold(saved["progress"])
+        st.resumes += 1
         results = saved["results"]
         getattr(model, "module", model).load_state_dict(saved["model"])
         opt.load_state_dict(saved["optim"])
@@ -147,6 +149,7 @@ def train_loop_per_worker(config: dict) -> None:
             for b in shard.iter_torch_batches(
                 batch_size=tcfg.batch_size,
                 dtypes=torch.long,
+                device=ray.train.torch.get_device(),
                 local_shuffle_buffer_size=4 * tcfg.batch_size,
                 local_shuffle_seed=tcfg.seed + epoch,
             )
@@ -159,7 +162,7 @@ def train_loop_per_worker(config: dict) -> None:
         label = f["label"]
         if st.phase == "fit":
             has_valid = len(f["valid_target"]) > 0
-            while st.epoch < tcfg.epochs_max and st.bad < tcfg.patience:
+            while st.epoch < tcfg.epochs_max and (st.bad < tcfg.patience or st.epoch < tcfg.min_epochs):
                 loss, n, secs = epoch_on(f"fit_{st.fold}", st.epoch)
                 st.epoch += 1
                 metric = -1.0

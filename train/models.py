@@ -79,6 +79,8 @@ class SASRec(Recommender):
     def __init__(self, item_encoder: nn.Module, cfg: ModelConfig, history_len: int) -> None:
         super().__init__(item_encoder)
         self.pos = nn.Embedding(history_len, cfg.dim)
+        # Same scale as the ID embeddings: N(0, 1) positions would drown the item signal at the start.
+        nn.init.normal_(self.pos.weight, std=cfg.dim**-0.5)
         layer = nn.TransformerEncoderLayer(
             cfg.dim,
             cfg.n_heads,

@@ -54,12 +54,12 @@ def rank_cases(
     """
     core = getattr(model, "module", model)
     core.eval()
-    n_items = core.n_items
-    items = core.encode_items(torch.arange(1, n_items + 1))
+    device = next(core.parameters()).device
+    items = core.encode_items(torch.arange(1, core.n_items + 1, device=device))
     out = np.empty(len(targets), dtype=np.int64)
     for lo in range(0, len(targets), batch_size):
-        h = torch.as_tensor(histories[lo : lo + batch_size], dtype=torch.long)
-        t = torch.as_tensor(targets[lo : lo + batch_size], dtype=torch.long)
+        h = torch.tensor(histories[lo : lo + batch_size], dtype=torch.long, device=device)
+        t = torch.tensor(targets[lo : lo + batch_size], dtype=torch.long, device=device)
         scores = core.score(core.encode_users(h), items)
-        out[lo : lo + len(t)] = rank_targets(scores, t - 1, h - 1).numpy()
+        out[lo : lo + len(t)] = rank_targets(scores, t - 1, h - 1).cpu().numpy()
     return out

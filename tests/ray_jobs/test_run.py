@@ -160,3 +160,31 @@ def test_unknown_key_exits_with_its_path(tmp_path, capsys):
         main(["run", "--config", "ray_jobs/configs/quickstart.yaml", "--set", "train.epochz=1"])
     assert e.value.code == 2
     assert "train.epochz: unknown key" in capsys.readouterr().err
+
+
+def test_sasrec_beats_most_popular_on_a_sequential_log(ray_local, tmp_path):
+    """The quick-start's log has strong sequential habits: SASRec on IDs must beat popularity."""
+    from evaluate.significance import compare
+
+    with pytest.raises(SystemExit) as e:
+        main(
+            [
+                "run",
+                "--config",
+                "ray_jobs/configs/quickstart.yaml",
+                "--set",
+                f"output_dir={tmp_path}",
+                "--set",
+                "experiment.models=[sasrec]",
+                "--set",
+                "protocol.n_days=2",
+                "--set",
+                "train.epochs_max=15",
+                "--set",
+                "train.patience=4",
+            ]
+        )
+    assert e.value.code == 0
+    cases = pd.read_parquet(tmp_path / "quickstart" / "results" / "cases.parquet")
+    test = compare(cases, ("most-popular", "last 7d"), ("sasrec", "id"), k=10, metric="hr")
+    assert test.delta > 0 and test.p < 0.05, test

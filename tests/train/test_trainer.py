@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from train.config import ModelConfig, TrainConfig
+from train.loop import STATE_FILE
 from train.trainer import Fold, fit_and_rank
 
 pytestmark = pytest.mark.integration
@@ -42,6 +44,9 @@ def test_fit_and_rank_kill_and_resume(ray_local, tmp_path):
         **CFG,
     )
     assert marker.exists()  # the worker did die after fold 0 and the run still finished
+    latest = max((tmp_path / "r").glob("checkpoint_*"), key=lambda p: p.stat().st_mtime)
+    progress = torch.load(latest / STATE_FILE, weights_only=True)["progress"]
+    assert progress["resumes"] == 1 and progress["fold"] == 2  # continued from the checkpoint
     assert set(ranks) == {"day0", "day1"}
     for f in folds:
         r = ranks[f.label]
