@@ -79,11 +79,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_featurize(args: argparse.Namespace) -> int:
-    from featurize.config import load_featurize_config
+    from featurize.config import FeaturizeConfig
     from featurize.pipeline import run_featurize
+    from ray_jobs.config import load_tree, validate
 
-    cfg = load_featurize_config(args.config, args.set)
-    _init_ray(None, args.num_cpus, None)
+    tree = load_tree(args.config, args.set)
+    if args.overwrite:
+        tree["overwrite"] = True
+    # Relative paths resolve against the working directory, as in `seewhy run`.
+    cfg = validate(FeaturizeConfig, tree, args.config, context={"base_dir": str(Path.cwd())})
+    _init_ray(args.address, args.num_cpus, None)
     result = run_featurize(cfg)
     print(result.summary() if hasattr(result, "summary") else result)
     return 0
@@ -117,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--config", required=True)
     f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     f.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray")
+    f.add_argument("--address", default=None, help="Ray cluster address ('auto'); default: a local Ray")
+    f.add_argument("--overwrite", action="store_true", help="clear stores written with another configuration")
     f.set_defaults(fn=cmd_featurize)
     return p
 

@@ -139,12 +139,10 @@ def _format(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def load_config(path: str | Path | None, overrides: list[str] = (), base: dict | None = None) -> RunConfig:
-    """Read a YAML preset (safe_load), apply ``--set`` overrides, validate into a RunConfig."""
+def load_tree(path: str | Path | None, overrides: list[str] = (), base: dict | None = None) -> dict:
+    """Read a YAML preset (safe_load) into a dict and apply ``--set`` overrides."""
     tree: dict = copy.deepcopy(base) if base else {}
-    source = "<overrides>"
     if path is not None:
-        source = str(path)
         try:
             loaded = yaml.safe_load(Path(path).read_text())
         except FileNotFoundError:
@@ -159,7 +157,17 @@ def load_config(path: str | Path | None, overrides: list[str] = (), base: dict |
     for text in overrides:
         key, value = parse_override(text)
         set_dotted(tree, key, value)
+    return tree
+
+
+def validate(model: type[BaseModel], tree: dict, source: str, context: dict | None = None) -> Any:
+    """Validate a tree into ``model``; errors become one ConfigError naming every bad key path."""
     try:
-        return RunConfig.model_validate(tree)
+        return model.model_validate(tree, context=context)
     except ValidationError as e:
         raise ConfigError(_format(e, source)) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] = (), base: dict | None = None) -> RunConfig:
+    """Read a YAML preset, apply ``--set`` overrides, validate into a RunConfig."""
+    return validate(RunConfig, load_tree(path, overrides, base), str(path or "<overrides>"))

@@ -91,7 +91,9 @@ def synth_config(preset: str, seed: int, params: dict | None = None):
     known = {f.name for f in dataclasses.fields(SynthConfig)}
     unknown = sorted(set(params or {}) - known)
     if unknown:
-        raise ValueError(f"data.synthetic.params: unknown SynthConfig field(s) {unknown}; valid: {sorted(known)}")
+        raise ValueError(
+            f"data.synthetic.params: unknown SynthConfig field(s) {unknown}; valid: {sorted(known)}"
+        )
     return dataclasses.replace(presets[preset](), seed=seed, **(params or {}))
 
 

@@ -44,7 +44,9 @@ def test_fit_and_rank_kill_and_resume(ray_local, tmp_path):
         **CFG,
     )
     assert marker.exists()  # the worker did die after fold 0 and the run still finished
-    latest = max((tmp_path / "r").glob("checkpoint_*"), key=lambda p: p.stat().st_mtime)
+    latest = max(
+        (p for p in (tmp_path / "r").glob("checkpoint_*") if p.is_dir()), key=lambda p: p.stat().st_mtime
+    )
     progress = torch.load(latest / STATE_FILE, weights_only=True)["progress"]
     assert progress["resumes"] == 1 and progress["fold"] == 2  # continued from the checkpoint
     assert set(ranks) == {"day0", "day1"}
