@@ -90,7 +90,8 @@ def cmd_featurize(args: argparse.Namespace) -> int:
     cfg = validate(FeaturizeConfig, tree, args.config, context={"base_dir": str(Path.cwd())})
     _init_ray(args.address, args.num_cpus, None)
     result = run_featurize(cfg)
-    print(result.summary() if hasattr(result, "summary") else result)
+    print(result.table())
+    print(f"stores: {cfg.store_root}")
     return 0
 
 
