@@ -16,7 +16,9 @@ from pathlib import Path
 RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}
 
 
-def _init_ray(address: str | None, num_cpus: int | None, object_store_mb: int | None) -> None:
+def _init_ray(
+    address: str | None, num_cpus: int | None, object_store_mb: int | None, dashboard: bool = True
+) -> None:
     import ray
 
     if ray.is_initialized():
@@ -26,7 +28,14 @@ def _init_ray(address: str | None, num_cpus: int | None, object_store_mb: int | 
     # would spend most of their time waiting. A quarter second keeps epochs cheap.
     env = {k: os.environ.get(k, v) for k, v in RAY_ENV.items()}
     os.environ.update(env)  # a local Ray started here inherits it
-    kwargs: dict = {"include_dashboard": False, "configure_logging": False, "runtime_env": {"env_vars": env}}
+    # The dashboard also serves the state API that Ray Train's placement-group cleaner polls; it
+    # listens on 127.0.0.1 only (DESIGN.md: failure and input rules).
+    kwargs: dict = {
+        "include_dashboard": dashboard,
+        "dashboard_host": "127.0.0.1",
+        "configure_logging": False,
+        "runtime_env": {"env_vars": env},
+    }
     if address:
         kwargs["address"] = address
     else:
@@ -42,7 +51,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ray_jobs.protocol import run
 
     cfg = load_config(args.config, args.set)
-    _init_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.object_store_mb)
+    _init_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.object_store_mb, cfg.ray.dashboard)
     run_dir = run(cfg)
     print(f"report: {run_dir / 'report.md'}")
     return 0

@@ -91,6 +91,7 @@ class RayConfig(_Frozen):
     )
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray (default: all).")
     object_store_mb: int | None = Field(None, ge=64, description="Object store size of the local Ray.")
+    dashboard: bool = Field(True, description="Start the dashboard of a local Ray, on 127.0.0.1 only.")
 
 
 class RunConfig(_Frozen):

@@ -78,7 +78,8 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train.torch
 
     # Ray Train logs every report at INFO; the loop's own per-epoch lines are the progress display.
-    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    for name in [n for n in logging.root.manager.loggerDict if n.startswith("ray.train")] + ["ray.train"]:
+        logging.getLogger(name).setLevel(logging.WARNING)
     mcfg = ModelConfig(**config["model_cfg"])
     tcfg = TrainConfig(**config["train_cfg"])
     torch.set_num_threads(tcfg.torch_threads or max(1, int(tcfg.cpus_per_worker)))

@@ -58,6 +58,11 @@ def fit_and_rank(
         raise ValueError(f"storage_path must be absolute, got {storage_path!r}")
     # from_numpy's column is "data"; renaming would add a task-based operator that cannot be
     # scheduled while the training workers hold every CPU of a small cluster.
+    # Each epoch re-reads a small in-memory dataset: progress bars and plan printouts per epoch are noise
+    # next to the loop's own per-epoch line.
+    ctx = ray.data.DataContext.get_current()
+    saved = (ctx.enable_progress_bars, ctx.print_on_execution_start)
+    ctx.enable_progress_bars = ctx.print_on_execution_start = False
     datasets = {}
     for i, f in enumerate(folds):
         datasets[f"fit_{i}"] = ray.data.from_numpy(f.fit)
@@ -102,7 +107,10 @@ def fit_and_rank(
         ),
         datasets=datasets,
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    finally:
+        ctx.enable_progress_bars, ctx.print_on_execution_start = saved
     if result.checkpoint is None:
         raise RuntimeError(f"training run {run_name!r} ended without a checkpoint: {result.error}")
     return read_results(result.checkpoint, [f.label for f in folds], run_name)
