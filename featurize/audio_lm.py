@@ -21,9 +21,9 @@ from featurize.captioners import (
     LMStageConfig,
     VLLMEngine,
     batches,
+    build_engine,
     caption_store_name,
     generate_rows,
-    model_path,
     short_error,
     stage_manifest,
     torch_device_dtype,
@@ -159,16 +159,7 @@ class AudioLM:
         self.cfg = config if isinstance(config, AudioLMConfig) else AudioLMConfig(**config)
         self.prompt = load_prompt("audio", self.cfg.prompt_version)
         self.store_name = caption_store_name(self.cfg, "audio")
-        try:
-            path = model_path(self.cfg.model)
-            if self.cfg.backend == "vllm":
-                self.engine: Any = VLLMEngine(self.cfg, path, {"audio": 1})
-            else:
-                self.engine = TransformersAudioLM(self.cfg, path)
-        except Exception as e:
-            raise RuntimeError(
-                f"audio LM: cannot load model {self.cfg.model} ({self.cfg.backend}): {e}"
-            ) from e
+        self.engine: Any = build_engine(self.cfg, "audio", TransformersAudioLM, "audio LM")
 
     def render(self, transcript: Any, sound_events: Any) -> str:
         """The user prompt of one row: the versioned audio prompt with its transcript and events filled in."""

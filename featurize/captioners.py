@@ -227,6 +227,17 @@ class LMStageConfig(BaseModel):
         return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p}
 
 
+def build_engine(cfg: LMStageConfig, modality: str, transformers_cls: type, label: str) -> Any:
+    """The configured backend for one modality; a model that does not load stops with its reference."""
+    try:
+        path = model_path(cfg.model)
+        if cfg.backend == "vllm":
+            return VLLMEngine(cfg, path, {modality: 1})
+        return transformers_cls(cfg, path)
+    except Exception as e:
+        raise RuntimeError(f"{label}: cannot load model {cfg.model} ({cfg.backend}): {e}") from e
+
+
 class VLMCaptionerConfig(LMStageConfig):
     """The video captioner: a Qwen-VL model prompted with ``featurize/prompts/video_<version>.txt``."""
 
@@ -448,16 +459,7 @@ class VLMCaptioner:
         self.cfg = config if isinstance(config, VLMCaptionerConfig) else VLMCaptionerConfig(**config)
         self.prompt = load_prompt("video", self.cfg.prompt_version)
         self.store_name = caption_store_name(self.cfg, "video")
-        try:
-            path = model_path(self.cfg.model)
-            if self.cfg.backend == "vllm":
-                self.engine: Any = VLLMEngine(self.cfg, path, {"video": 1})
-            else:
-                self.engine = TransformersVLM(self.cfg, path)
-        except Exception as e:
-            raise RuntimeError(
-                f"VLM captioner: cannot load model {self.cfg.model} ({self.cfg.backend}): {e}"
-            ) from e
+        self.engine: Any = build_engine(self.cfg, "video", TransformersVLM, "VLM captioner")
 
     def _check(self, frames: Any, meta_json: Any) -> tuple[np.ndarray, dict]:
         if frames is None:
