@@ -126,3 +126,6 @@ def build_model(name: str, item_encoder: nn.Module, cfg: ModelConfig, history_le
     except KeyError:
         raise ValueError(f"unknown model {name!r}; valid: {', '.join(sorted(MODELS))}") from None
     return builder(item_encoder, cfg, history_len)
+
+
+from train import seq_models as _seq_models  # noqa: E402,F401  registers gru4rec and bimamba in MODELS
