@@ -215,12 +215,12 @@ def load_features(cfg: RunConfig, feature_set: str, item_ids: np.ndarray) -> tup
         )
     matrix, ok = store.read_matrix(item_ids)
     manifest = store.manifest() or {}
-    models = manifest.get("models", {})
-    refs = [m.get("reference", m) if isinstance(m, dict) else m for m in models.values()]
-    stand_in = any(isinstance(r, str) and r.startswith("tiny:") for r in refs)
+    models = manifest.get("models", [])
+    entries = list(models.values()) if isinstance(models, dict) else list(models)
+    refs = [str(m.get("ref") or m.get("reference") or "") if isinstance(m, dict) else str(m) for m in entries]
     for r in refs:
-        if isinstance(r, str) and ":" in r:
-            parse_ref(r)
+        parse_ref(r)  # a store whose manifest names no valid model reference is not trusted silently
+    stand_in = any(parse_ref(r).is_stand_in for r in refs)
     info = {
         "path": str(store.path),
         "dim": int(matrix.shape[1]),

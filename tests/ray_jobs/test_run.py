@@ -57,7 +57,9 @@ def _feature_store(root, item_ids, items_df):
         }
     )
     pq.write_table(table, folder / "part-00000.parquet")
-    (folder / "_manifest.json").write_text(json.dumps({"models": {"test": {"reference": "path:/none"}}}))
+    (folder / "_manifest.json").write_text(
+        json.dumps({"models": [{"ref": "path:/none", "fingerprint": "x"}]})
+    )
 
 
 def test_run_writes_a_consistent_run_folder(ray_local, log_dir, tmp_path, capsys):
