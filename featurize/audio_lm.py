@@ -20,10 +20,9 @@ from featurize.captioners import (
     SYSTEM,
     LMStageConfig,
     VLLMEngine,
-    batches,
     build_engine,
     caption_store_name,
-    generate_rows,
+    generate_into,
     short_error,
     stage_manifest,
     torch_device_dtype,
@@ -182,12 +181,7 @@ class AudioLM:
                 todo.append((i, build_vllm_audio_request(wave, prompt) if vllm else (wave, prompt)))
             except Exception as e:
                 errors[i] = short_error(e)
-        size = len(todo) if vllm else self.cfg.generate_batch_size
-        for chunk in batches(todo, max(size, 1)):
-            reqs = [req for _, req in chunk]
-            results = self.engine.generate(reqs) if vllm else generate_rows(self.engine.generate, reqs)
-            for (i, _), (text, err) in zip(chunk, results, strict=True):
-                texts[i], errors[i] = text, err
+        generate_into(self.engine, todo, vllm, self.cfg.generate_batch_size, texts, errors)
         return batch | {"caption_audio": texts, "audio_lm_error": errors}
 
     def manifest(self) -> dict[str, Any]:

@@ -227,6 +227,27 @@ class LMStageConfig(BaseModel):
         return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p}
 
 
+def generate_into(
+    engine: Any,
+    todo: list[tuple[int, Any]],
+    vllm: bool,
+    batch_size: int,
+    texts: np.ndarray,
+    errors: np.ndarray,
+) -> None:
+    """Run the prepared ``(row, request)`` pairs and write each row's text or error in place.
+
+    vLLM takes the whole batch in one call (it schedules internally); transformers goes in chunks of
+    ``batch_size``, retried row by row when a chunk fails.
+    """
+    size = len(todo) if vllm else batch_size
+    for chunk in batches(todo, max(size, 1)):
+        reqs = [req for _, req in chunk]
+        results = engine.generate(reqs) if vllm else generate_rows(engine.generate, reqs)
+        for (i, _), (text, err) in zip(chunk, results, strict=True):
+            texts[i], errors[i] = text, err
+
+
 def build_engine(cfg: LMStageConfig, modality: str, transformers_cls: type, label: str) -> Any:
     """The configured backend for one modality; a model that does not load stops with its reference."""
     try:
@@ -496,12 +517,7 @@ class VLMCaptioner:
                 todo.append((i, prep(frames, meta, self.prompt.text)))
             except Exception as e:
                 errors[i] = short_error(e)
-        size = len(todo) if vllm else self.cfg.generate_batch_size
-        for chunk in batches(todo, max(size, 1)):
-            reqs = [req for _, req in chunk]
-            results = self.engine.generate(reqs) if vllm else generate_rows(self.engine.generate, reqs)
-            for (i, _), (text, err) in zip(chunk, results, strict=True):
-                captions[i], errors[i] = text, err
+        generate_into(self.engine, todo, vllm, self.cfg.generate_batch_size, captions, errors)
         return batch | {"caption_video": captions, "vlm_error": errors}
 
     def manifest(self) -> dict[str, Any]:
