@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
-from featurize.refs import ModelRefError, parse_ref, resolve_local
+from featurize.refs import find_model_dir, parse_ref, resolve_local
 from featurize.stage import Batch, upstream_error
 
 SAMPLE_RATE = 16_000
@@ -73,16 +73,7 @@ class ASRConfig(BaseModel):
 
 def find_ct2_dir(root: str | Path, ref: str) -> str:
     """The CTranslate2 model folder under ``root``: ``root`` itself or the one folder holding ``model.bin``."""
-    root = Path(root)
-    if (root / "model.bin").is_file():
-        return str(root)
-    found = sorted(p.parent for p in root.rglob("model.bin"))
-    if len(found) != 1:
-        raise ModelRefError(
-            f"model reference {ref}: expected exactly one CTranslate2 folder (with model.bin) under {root}, "
-            f"found {[str(p) for p in found]}"
-        )
-    return str(found[0])
+    return find_model_dir(root, ref, "model.bin", "CTranslate2")
 
 
 def is_missing(value: Any) -> bool:

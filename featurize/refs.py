@@ -69,8 +69,8 @@ def resolve_local(ref: str | ModelRef) -> str:
     """What to hand to ``from_pretrained``-style loaders for hf/path/pkg references.
 
     ``hf:`` gives the hub id (the loader finds it in the cache or downloads it); ``path:`` must be an
-    existing directory; ``pkg:`` is the installed package's directory, or the single model folder
-    inside it. ``tiny:`` references are built by each stage's own builder and are refused here.
+    existing directory; ``pkg:`` is the installed package's directory (``find_model_dir`` finds the
+    model folder inside it). ``tiny:`` references are built by each stage's own builder and are refused here.
     """
     r = parse_ref(ref) if isinstance(ref, str) else ref
     if r.scheme == "hf":
@@ -83,6 +83,24 @@ def resolve_local(ref: str | ModelRef) -> str:
     if r.scheme == "pkg":
         return str(package_dir(r.value))
     raise ModelRefError(f"model reference {r}: tiny models are built by the stage, not loaded from disk")
+
+
+def find_model_dir(
+    root: str | Path, ref: str, marker: str, what: str, root_markers: tuple[str, ...] = ()
+) -> str:
+    """The model folder under ``root``: ``root`` itself when it holds ``marker`` (or any of
+    ``root_markers``), else the single folder below it holding ``marker``; none or several raise
+    ModelRefError naming the reference (a ``pkg:`` package may ship its model one level down)."""
+    root = Path(root)
+    if any((root / m).is_file() for m in (marker, *root_markers)):
+        return str(root)
+    found = sorted(p.parent for p in root.rglob(marker))
+    if len(found) != 1:
+        raise ModelRefError(
+            f"model reference {ref}: expected exactly one {what} folder (with {marker}) under {root}, "
+            f"found {[str(p) for p in found]}"
+        )
+    return str(found[0])
 
 
 def fingerprint(ref: str | ModelRef) -> str:

@@ -22,7 +22,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from featurize.asr import is_missing, require_columns
-from featurize.refs import ModelRefError, parse_ref, resolve_local
+from featurize.refs import find_model_dir, parse_ref, resolve_local
 from featurize.sound_events import events_to_text
 from featurize.stage import Batch
 
@@ -118,16 +118,7 @@ TINY_BUILDERS = {"minilm": build_tiny_minilm}
 
 def find_st_dir(root: str | Path, ref: str) -> str:
     """The sentence-transformers folder under ``root``: itself, or the one folder holding ``modules.json``."""
-    root = Path(root)
-    if (root / "modules.json").is_file() or (root / "config.json").is_file():
-        return str(root)
-    found = sorted(p.parent for p in root.rglob("modules.json"))
-    if len(found) != 1:
-        raise ModelRefError(
-            f"model reference {ref}: expected one sentence-transformers folder (modules.json) under {root}, "
-            f"found {[str(p) for p in found]}"
-        )
-    return str(found[0])
+    return find_model_dir(root, ref, "modules.json", "sentence-transformers", root_markers=("config.json",))
 
 
 class TextEncoder:
