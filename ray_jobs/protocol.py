@@ -16,7 +16,6 @@ an interrupted trainer resumes from its last epoch checkpoint under ray_train/.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -311,7 +310,3 @@ def _case_rows(prep: Prepared, model: str, rep: str, ranks: list[np.ndarray], st
         parts.append(cases.assign(model=model, feature_set=rep, rank=r.astype(np.int64), stand_in=stand_in))
     out = pd.concat(parts, ignore_index=True)
     return out[["model", "feature_set", "day", "user_id", "item_id", "rank", "cold_start", "stand_in"]]
-
-
-def summary_json(run_dir: Path) -> dict:
-    return json.loads((run_dir / "manifest.json").read_text())

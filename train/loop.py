@@ -120,7 +120,6 @@ def train_loop_per_worker(config: dict) -> None:
     gen = torch.Generator().manual_seed(tcfg.seed * 1000 + rank)
 
     def report(metrics: dict) -> None:
-        t_report = time.perf_counter()
         metrics = {"fold": folds[min(st.fold, len(folds) - 1)]["label"], **metrics}
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
@@ -134,8 +133,6 @@ def train_loop_per_worker(config: dict) -> None:
                 torch.save(state, Path(tmp) / STATE_FILE)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)
-        if os.environ.get("SEEWHY_TRAIN_DEBUG") and rank == 0:
-            print(f"[{tag}] report took {time.perf_counter() - t_report:.2f}s", flush=True)
         marker = config.get("fail_once_marker")  # fault injection for the resume test
         if marker and rank == 0 and metrics.get("phase") == "test" and not os.path.exists(marker):
             Path(marker).touch()
@@ -216,6 +213,3 @@ def train_loop_per_worker(config: dict) -> None:
                     **{f"test_{k}": v for k, v in m.items()},
                 }
             )
-
-    if os.environ.get("SEEWHY_TRAIN_DEBUG"):
-        print(f"[{tag}] worker {rank} done", flush=True)
