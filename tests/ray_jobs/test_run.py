@@ -24,13 +24,25 @@ FAST = [
 ]
 
 
+def _run(*overrides: str) -> int:
+    """`seewhy run` on the quick-start preset with ``--set`` overrides; returns the exit code."""
+    args = ["run", "--config", "ray_jobs/configs/quickstart.yaml"]
+    for o in overrides:
+        args += ["--set", o]
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    return e.value.code
+
+
+LOG_CFG = SynthConfig(
+    n_users=150, n_items=80, n_interactions=2500, n_days=16, recent_days=5, seed=11, n_topics=6
+)
+
+
 @pytest.fixture(scope="module")
 def log_dir(tmp_path_factory):
     """A MicroLens-format log the code under test has not generated itself (another seed and shape)."""
-    cfg = SynthConfig(
-        n_users=150, n_items=80, n_interactions=2500, n_days=16, recent_days=5, seed=11, n_topics=6
-    )
-    inter, items = generate_log(cfg)
+    inter, items = generate_log(LOG_CFG)
     out = tmp_path_factory.mktemp("microlens")
     write_microlens(inter, items, out)
     return out
@@ -65,39 +77,21 @@ def _feature_store(root, item_ids, items_df):
 def test_run_writes_a_consistent_run_folder(ray_local, log_dir, tmp_path, capsys):
     items = pd.read_csv(log_dir / "MicroLens-100k_title_en.csv")
     inter = pd.read_csv(log_dir / "MicroLens-100k_pairs.csv")
-    _, gen_items = generate_log(
-        SynthConfig(
-            n_users=150, n_items=80, n_interactions=2500, n_days=16, recent_days=5, seed=11, n_topics=6
-        )
-    )
+    _, gen_items = generate_log(LOG_CFG)
     ids = np.unique(np.r_[items["item"].to_numpy(), inter["item"].to_numpy()])
     _feature_store(tmp_path / "store", ids, gen_items)
-    args = [
-        "run",
-        "--config",
-        "ray_jobs/configs/quickstart.yaml",
-        "--set",
+    overrides = [
         f"output_dir={tmp_path}",
-        "--set",
         "name=t",
-        "--set",
         "data.synthetic=null",
-        "--set",
         f"data.interactions.path={log_dir / 'MicroLens-100k_pairs.csv'}",
-        "--set",
         f"data.catalog.titles={log_dir / 'MicroLens-100k_title_en.csv'}",
-        "--set",
         f"data.features_root={tmp_path / 'store'}",
-        "--set",
         "experiment.models=[two-tower, sasrec]",
-        "--set",
         "experiment.representations=[id, topic.test, id+topic.test]",
+        *FAST,
     ]
-    for o in FAST:
-        args += ["--set", o]
-    with pytest.raises(SystemExit) as e:
-        main(args)
-    assert e.value.code == 0
+    assert _run(*overrides) == 0
     run = tmp_path / "t"
     cases = pd.read_parquet(run / "results" / "cases.parquet")
     assert set(cases.columns) >= {"model", "feature_set", "day", "user_id", "item_id", "rank"}
@@ -127,8 +121,7 @@ def test_run_writes_a_consistent_run_folder(ray_local, log_dir, tmp_path, capsys
     assert "fit epoch 1" in out and "report:" in out
 
     # A rerun reuses every finished (model, representation): no training, same ranks.
-    with pytest.raises(SystemExit):
-        main(args)
+    assert _run(*overrides) == 0
     assert "already finished" in capsys.readouterr().out
     pd.testing.assert_frame_equal(pd.read_parquet(run / "results" / "cases.parquet"), cases)
 
@@ -138,29 +131,13 @@ def test_malformed_row_is_named(ray_local, log_dir, tmp_path, capsys):
     lines = (log_dir / "MicroLens-100k_pairs.csv").read_text().splitlines()
     lines[41] = lines[41].split(",")[0] + ",12x," + lines[41].split(",")[2]
     bad.write_text("\n".join(lines) + "\n")
-    with pytest.raises(SystemExit) as e:
-        main(
-            [
-                "run",
-                "--config",
-                "ray_jobs/configs/quickstart.yaml",
-                "--set",
-                "data.synthetic=null",
-                "--set",
-                f"data.interactions.path={bad}",
-                "--set",
-                f"output_dir={tmp_path}",
-            ]
-        )
-    assert e.value.code == 2
+    assert _run("data.synthetic=null", f"data.interactions.path={bad}", f"output_dir={tmp_path}") == 2
     err = capsys.readouterr().err
     assert "pairs.csv line 42" in err and "'item'" in err
 
 
 def test_unknown_key_exits_with_its_path(tmp_path, capsys):
-    with pytest.raises(SystemExit) as e:
-        main(["run", "--config", "ray_jobs/configs/quickstart.yaml", "--set", "train.epochz=1"])
-    assert e.value.code == 2
+    assert _run("train.epochz=1") == 2
     assert "train.epochz: unknown key" in capsys.readouterr().err
 
 
@@ -168,25 +145,14 @@ def test_sasrec_beats_most_popular_on_a_sequential_log(ray_local, tmp_path):
     """The quick-start's log has strong sequential habits: SASRec on IDs must beat popularity."""
     from evaluate.significance import compare
 
-    with pytest.raises(SystemExit) as e:
-        main(
-            [
-                "run",
-                "--config",
-                "ray_jobs/configs/quickstart.yaml",
-                "--set",
-                f"output_dir={tmp_path}",
-                "--set",
-                "experiment.models=[sasrec]",
-                "--set",
-                "protocol.n_days=2",
-                "--set",
-                "train.epochs_max=15",
-                "--set",
-                "train.patience=4",
-            ]
-        )
-    assert e.value.code == 0
+    code = _run(
+        f"output_dir={tmp_path}",
+        "experiment.models=[sasrec]",
+        "protocol.n_days=2",
+        "train.epochs_max=15",
+        "train.patience=4",
+    )
+    assert code == 0
     cases = pd.read_parquet(tmp_path / "quickstart" / "results" / "cases.parquet")
     test = compare(cases, ("most-popular", "last 7d"), ("sasrec", "id"), k=10, metric="hr")
     assert test.delta > 0 and test.p < 0.05, test

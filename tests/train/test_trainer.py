@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -33,16 +35,17 @@ TCFG = TrainConfig(epochs_max=6, patience=2, batch_size=64, lr=1e-2, n_negatives
 def test_fit_and_rank_kill_and_resume(ray_local, tmp_path):
     folds = _folds(np.random.default_rng(0))
     marker = tmp_path / "failed-once"
-    ranks = fit_and_rank(
+    run = functools.partial(
+        fit_and_rank,
         model="sasrec",
         item_encoder="id",
         folds=folds,
         train_cfg=TCFG,
         storage_path=str(tmp_path),
         run_name="r",
-        fail_once_marker=str(marker),
         **CFG,
     )
+    ranks = run(fail_once_marker=str(marker))
     assert marker.exists()  # the worker did die after fold 0 and the run still finished
     latest = max(
         (p for p in (tmp_path / "r").glob("checkpoint_*") if p.is_dir()), key=lambda p: p.stat().st_mtime
@@ -55,15 +58,7 @@ def test_fit_and_rank_kill_and_resume(ray_local, tmp_path):
         assert len(r) == len(f.test_target) and r.min() >= 1 and r.max() <= N
         assert (r <= 10).mean() > 0.5  # the successor structure is learned
     # A rerun under the same name reads the finished run back without training.
-    again = fit_and_rank(
-        model="sasrec",
-        item_encoder="id",
-        folds=folds,
-        train_cfg=TCFG,
-        storage_path=str(tmp_path),
-        run_name="r",
-        **CFG,
-    )
+    again = run()
     for label in ranks:
         np.testing.assert_array_equal(again[label], ranks[label])
 
