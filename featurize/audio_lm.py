@@ -23,6 +23,7 @@ from featurize.captioners import (
     build_engine,
     caption_store_name,
     generate_into,
+    lm_generate,
     short_error,
     stage_manifest,
     torch_device_dtype,
@@ -119,7 +120,6 @@ class TransformersAudioLM:
         self.proc.tokenizer.padding_side = "left"  # generation continues from the right edge
 
     def generate(self, items: list[tuple[np.ndarray, str]]) -> list[str]:
-        import torch
 
         # The Whisper feature extractor pads or cuts every clip to 30 s, the encoder's fixed input length.
         inputs = self.proc(
@@ -131,18 +131,7 @@ class TransformersAudioLM:
         )
         inputs["input_features"] = inputs["input_features"].to(self.dtype)
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
-        sample = self.cfg.temperature > 0
-        pad = self.proc.tokenizer.pad_token_id
-        gen: dict[str, Any] = {
-            "max_new_tokens": self.cfg.max_new_tokens,
-            "do_sample": sample,
-            "pad_token_id": pad,
-        }
-        if sample:
-            gen |= {"temperature": self.cfg.temperature, "top_p": self.cfg.top_p}
-            torch.manual_seed(self.cfg.seed)
-        with torch.inference_mode():
-            out = self.model.generate(**inputs, **gen)
+        out = lm_generate(self.model, inputs, self.cfg, self.proc.tokenizer.pad_token_id)
         return self.proc.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
 

@@ -450,18 +450,25 @@ class TransformersVLM:
         if self.family == "qwen2_5_vl":
             inputs["second_per_grid_ts"] = torch.tensor([it["spg"] for it in items], dtype=torch.float32)
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
-        sample = self.cfg.temperature > 0
-        gen: dict[str, Any] = {
-            "max_new_tokens": self.cfg.max_new_tokens,
-            "do_sample": sample,
-            "pad_token_id": pad,
-        }
-        if sample:
-            gen |= {"temperature": self.cfg.temperature, "top_p": self.cfg.top_p}
-            torch.manual_seed(self.cfg.seed)
-        with torch.inference_mode():
-            out = self.model.generate(**inputs, **gen)
+        out = lm_generate(self.model, inputs, self.cfg, pad)
         return self.tok.batch_decode(out[:, width:], skip_special_tokens=True)
+
+
+def lm_generate(model: Any, inputs: dict[str, Any], cfg: LMStageConfig, pad_token_id: int) -> Any:
+    """``model.generate`` with the stage's sampling settings: greedy at temperature 0, else seeded sampling."""
+    import torch
+
+    sample = cfg.temperature > 0
+    gen: dict[str, Any] = {
+        "max_new_tokens": cfg.max_new_tokens,
+        "do_sample": sample,
+        "pad_token_id": pad_token_id,
+    }
+    if sample:
+        gen |= {"temperature": cfg.temperature, "top_p": cfg.top_p}
+        torch.manual_seed(cfg.seed)
+    with torch.inference_mode():
+        return model.generate(**inputs, **gen)
 
 
 def batches(seq: Sequence, size: int) -> list[Sequence]:

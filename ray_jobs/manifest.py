@@ -6,9 +6,9 @@ import json
 import platform
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 
+from featurize import stores as featurize_stores
 from ray_jobs.config import RunConfig
 
 PACKAGES = (
@@ -27,13 +27,8 @@ PACKAGES = (
 
 
 def package_versions() -> dict[str, str]:
-    out = {}
-    for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
+    found = featurize_stores.package_versions(PACKAGES)
+    return {name: found.get(name, "not installed") for name in PACKAGES}
 
 
 def write_manifest(
