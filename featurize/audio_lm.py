@@ -19,7 +19,6 @@ import numpy as np
 from featurize.captioners import (
     SYSTEM,
     LMStageConfig,
-    VLLMEngine,
     build_engine,
     caption_store_name,
     generate_into,
@@ -160,7 +159,7 @@ class AudioLM:
         errors = upstream_error(batch, self.upstream, n)
         texts = np.full(n, "", dtype=object)
         todo: list[tuple[int, Any]] = []
-        vllm = isinstance(self.engine, VLLMEngine)
+        vllm = self.cfg.backend == "vllm"
         for i in range(n):
             if errors[i]:
                 continue

