@@ -1,7 +1,8 @@
 """Reports of a run's results table: per-day summaries, the paper's Table 1 in Markdown, report files.
 
 The results table has one row per (run, test case): ``model, feature_set, day, user_id, item_id,
-rank`` plus optional ``cold_start`` and ``stand_in`` (see ``metrics.check_results``). Every number
+rank`` plus optional ``cold_start``, ``stand_in`` (see ``metrics.check_results``) and ``duration_s``
+(the clip length of the target item, NaN when unknown: ``duration_markdown``). Every number
 is derived from the ranks; every delta is printed with the p-value of a paired t-test over the same
 cases (and, in a second table, over per-day means).
 """
@@ -11,18 +12,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from evaluate.metrics import KS, METRICS, check_results
 from evaluate.plots import LABELS, plot_bars, plot_days, run_order, stand_in_runs
 from evaluate.significance import PairedTest, align_runs, paired_on
 
-__all__ = ["plot_bars", "plot_days", "summarize", "table1_markdown", "write_report"]
+__all__ = ["duration_markdown", "plot_bars", "plot_days", "summarize", "table1_markdown", "write_report"]
 
 GROUP = ["model", "feature_set", "day"]
 TABLE_KS = (10, 30)
 """The paper's Table 1 columns: HR@10, HR@30, nDCG@10, nDCG@30."""
 DEFAULT_BASELINE = "id"
+DURATION_THRESHOLD_S = 30.0
+"""Short vs long clips in the duration breakdown (the paper's split)."""
 STAND_IN_NOTE = (
     "† features produced by tiny randomly initialised stand-in models (`tiny:`): "
     "these rows check the pipeline, their numbers say nothing about the real models."
@@ -181,17 +185,54 @@ def per_day_markdown(cases: pd.DataFrame, k: int = 10) -> str:
     return "\n".join(lines) + "\n"
 
 
+def duration_markdown(
+    cases: pd.DataFrame, baselines: dict[str, str] | None = None, threshold_s: float = DURATION_THRESHOLD_S
+) -> str:
+    """Table 1 for cases whose target clip is shorter than ``threshold_s`` and for the rest.
+
+    Reads the ``duration_s`` column (seconds, NaN when unknown); cases with an unknown duration are
+    left out of both tables and counted. The paper reports larger gains on longer clips.
+    """
+    if not pd.api.types.is_numeric_dtype(cases["duration_s"].dtype):
+        raise ValueError(
+            f"cases: column 'duration_s': expected seconds (numbers), got {cases['duration_s'].dtype}"
+        )
+    if not threshold_s > 0:
+        raise ValueError(f"duration threshold must be > 0 seconds, got {threshold_s}")
+    dur = cases["duration_s"].to_numpy(dtype=float)
+    known = ~np.isnan(dur)
+    cut = f"{threshold_s:g} s"
+    lines = [
+        f"Clip length of the target item: {int(known.sum())} case rows with a known duration, "
+        f"{int((~known).sum())} without (left out).",
+        "",
+    ]
+    for label, mask in (
+        (f"shorter than {cut}", known & (dur < threshold_s)),
+        (f"{cut} or longer", known & (dur >= threshold_s)),
+    ):
+        part = cases[mask]
+        lines += [f"### Clips {label}", ""]
+        if part.empty:
+            lines += ["No test case.", ""]
+        else:
+            lines += [f"{len(part) / len(cases):.1%} of case rows.", "", table1_markdown(part, baselines)]
+    return "\n".join(lines) + "\n"
+
+
 def write_report(
     cases: pd.DataFrame,
     out_dir: str | Path,
     title: str,
     baselines: dict[str, str] | None = None,
     extra_md: str = "",
+    duration_threshold_s: float = DURATION_THRESHOLD_S,
 ) -> dict[str, Path]:
     """Write report.md, results/summary.csv, plots/bars.png and plots/days.png under ``out_dir``.
 
     Returns their paths under the keys "report", "summary", "bars", "days". With a ``cold_start``
-    column, report.md also shows Table 1 restricted to cold-start cases (items unseen in training).
+    column, report.md also shows Table 1 restricted to cold-start cases (items unseen in training);
+    with a ``duration_s`` column, Table 1 for clips shorter than ``duration_threshold_s`` and the rest.
     """
     check_results(cases)
     if cases.empty:
@@ -236,6 +277,8 @@ def write_report(
             share = len(cold) / len(cases)
             md += [f"Cases whose target item never appears in training: {share:.1%} of case rows.", ""]
             md += [table1_markdown(cold, baselines)]
+    if "duration_s" in cases.columns:
+        md += ["## Clip duration", "", duration_markdown(cases, baselines, duration_threshold_s)]
     if extra_md:
         md += [extra_md.rstrip(), ""]
     paths["report"].write_text("\n".join(md))

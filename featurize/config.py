@@ -25,6 +25,8 @@ from featurize.baselines import CLAPConfig, VideoMAEConfig
 from featurize.captioners import VLMCaptionerConfig
 from featurize.catalog import CatalogConfig
 from featurize.decode import DecodeConfig
+from featurize.dff import DFFConfig
+from featurize.omni import OmniCaptionerConfig
 from featurize.refs import parse_ref
 from featurize.sound_events import SoundEventsConfig
 from featurize.stage import StageSpec
@@ -90,6 +92,10 @@ class ResourcesConfig(BaseModel):
     """Joins transcript and sound events into the "asr-events" audio caption (no model)."""
     videomae: Resources = Resources(batch_size=4, num_cpus=1.0)
     clap: Resources = Resources(batch_size=4, num_cpus=1.0)
+    dff: Resources = Resources(batch_size=8, num_cpus=1.0)
+    """DFF hidden states (a VLM prefill per clip); on GPUs ``num_gpus: 1`` per actor."""
+    omni: Resources = Resources(batch_size=8, num_cpus=1.0)
+    """The omni captioner (Qwen2.5-Omni thinker); like ``vlm`` on GPUs."""
     embed: Resources = Resources(batch_size=64, num_cpus=1.0)
     """Text encoders (phase B): one pool per encoder, run one encoder after the other."""
     write: Resources = Resources(batch_size=64, num_cpus=0.1, max_actors=2)
@@ -127,6 +133,14 @@ class FeaturizeConfig(BaseModel):
     """VideoMAE baseline (feature set ``videomae.<model>``); needs ``decode.videomae_frames``."""
     clap: CLAPConfig | None = None
     """CLAP audio baseline (feature set ``clap.<model>``)."""
+    dff: DFFConfig | None = None
+    """DFF hidden-state features of the VLM (feature set ``dff.<model>.L<layers>``); None leaves it out."""
+    omni: OmniCaptionerConfig | None = None
+    """Omni captioner: video and its audio in one prompt (caption store ``mllm-omni.<model>``, and a
+    ``mllm-omni.<model>.<encoder>`` feature set per text encoder); None leaves it out."""
+    clips: bool = True
+    """Record each decoded item's clip metadata (duration, has video/audio) in ``<store_root>/clips``,
+    read by the duration breakdown of reports (``featurize.stores.read_clip_durations``)."""
     rename: dict[str, str] = Field(default_factory=dict)
     """Store name overrides, ``{default name: new name}``: the way to keep an existing store and write a
     changed configuration beside it (``mllm-video.qwen2.5-vl-3b-instruct: mllm-video.qwen-prompt-v2``)."""
@@ -166,7 +180,7 @@ class FeaturizeConfig(BaseModel):
     def _consistent(self) -> FeaturizeConfig:
         if self.videomae is not None and not self.decode.videomae_frames:
             raise ValueError("videomae is configured but decode.videomae_frames is not set (the paper: 16)")
-        audio_stages = [n for n in ("asr", "audio_lm", "clap") if getattr(self, n) is not None]
+        audio_stages = [n for n in ("asr", "audio_lm", "clap", "omni") if getattr(self, n) is not None]
         audio_stages += ["sound_events"] if self.events is not None else []
         if audio_stages and not self.decode.audio:
             raise ValueError(f"{audio_stages} need audio, but decode.audio is false")

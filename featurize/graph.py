@@ -4,7 +4,9 @@ A ``Plan`` is plain data: the stages (``StageSpec``) to run, each in its own act
 ``Sink``s, i.e. which batch columns become rows of which store. ``run_plan`` streams
 ``from_pandas(row chunks) → map_batches(stage)… → map_batches(StoreWriter)``; the writer writes
 one part per batch per store atomically and returns only small summary rows (item_id, store, status,
-error), so frames and waveforms never reach the driver and nothing is materialised. Each input row
+error), so frames and waveforms never reach the driver and nothing is materialised. A plan with
+``clips`` also has the writer record every decoded row's clip metadata (``ClipStore``: duration,
+has video/audio, decode error), whatever stores the row was missing from. Each input row
 carries ``todo``, the stores it is still missing from, so a rerun never writes an item twice into a
 store that already holds it. This module knows nothing about particular stages: pipeline.py builds
 the plans from the config.
@@ -27,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from featurize.stage import Batch, StageSpec, upstream_error
-from featurize.stores import CaptionStore, FeatureStore, config_hash
+from featurize.stores import CaptionStore, ClipStore, FeatureStore, config_hash
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +81,8 @@ class Plan:
     sinks: tuple[Sink, ...]
     writer: StageSpec | None = None
     """Resources of the writer pool (its ``fn`` is ignored); ``batch_size`` is the rows per part."""
+    clips: bool = False
+    """Also write each row's clip metadata (needs the decode stage's columns) to the clip store."""
 
 
 class StoreWriter:
@@ -86,13 +90,16 @@ class StoreWriter:
 
     name = "write"
 
-    def __init__(self, root: str, sinks: tuple[Sink, ...]) -> None:
+    def __init__(self, root: str, sinks: tuple[Sink, ...], clips: bool = False) -> None:
         self.sinks = sinks
         self.stores = {s.key: s.store(root) for s in sinks}
         self.keys = tuple(s.error_key for s in sinks if s.error_key)
+        self.clips = ClipStore(root) if clips else None
 
     def __call__(self, batch: Batch) -> Batch:
         ids = np.asarray(batch["item_id"], dtype=np.int64)
+        if self.clips is not None and len(ids):
+            self.clips.write_part(clip_rows(batch))
         todo = [set(json.loads(t)) for t in batch[TODO]]
         out_id, out_store, out_status, out_error = [], [], [], []
         for sink in self.sinks:
@@ -111,6 +118,25 @@ class StoreWriter:
             "status": np.asarray(out_status, dtype=object),
             "error": np.asarray(out_error, dtype=object),
         }
+
+
+def clip_rows(batch: Batch) -> pd.DataFrame:
+    """The clip-store rows of a decoded batch: duration, has video/audio, and the decode error."""
+    missing = [c for c in ("duration", "video_meta", "decode_error") if c not in batch]
+    if missing:
+        raise KeyError(f"clip store: batch has no column(s) {missing}; is the decode stage in the plan?")
+    metas = [json.loads(m) if isinstance(m, str) and m else {} for m in batch["video_meta"]]
+    errors = [str(e or "") for e in batch["decode_error"]]
+    return pd.DataFrame(
+        {
+            "item_id": np.asarray(batch["item_id"], dtype=np.int64),
+            "duration_s": np.asarray(batch["duration"], dtype=np.float64),
+            "has_video": [bool(m.get("has_video", False)) for m in metas],
+            "has_audio": [bool(m.get("has_audio", False)) for m in metas],
+            "status": ["error" if e else "ok" for e in errors],
+            "error": errors,
+        }
+    )
 
 
 def own_error(text: str, key: str, keys: tuple[str, ...]) -> str:
@@ -229,6 +255,11 @@ def unpack_arrays(batch: Batch) -> Batch:
                 np.load(io.BytesIO(v), allow_pickle=False) if isinstance(v, bytes) else v for v in values
             ]
             out[col] = arrays
+        elif (
+            is_array_column(col) and values.ndim == 1 and values.dtype.kind == "f" and np.isnan(values).all()
+        ):
+            # A block whose column was all None comes back from Arrow as a float NaN column.
+            out[col] = np.full(len(values), None, dtype=object)
     return out
 
 
@@ -359,7 +390,8 @@ def run_plan(
     for spec in plan.stages:
         ds = _map_stage(ds, spec)
     w = plan.writer or StageSpec(fn=StoreWriter, batch_size=64, num_cpus=0.1, max_actors=1)
-    w = replace(w, fn=StoreWriter, fn_constructor_kwargs={"root": root, "sinks": plan.sinks})
+    kwargs = {"root": root, "sinks": plan.sinks, "clips": plan.clips}
+    w = replace(w, fn=StoreWriter, fn_constructor_kwargs=kwargs)
     if check_resources:
         check_fits([*plan.stages, w], ray.cluster_resources())
     ds = _map_stage(ds, w)

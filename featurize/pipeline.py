@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 FRAME_KEYS = ("num_frames", "fps", "window_s", "max_width", "max_height", "max_duration_s", "mode")
 VIDEOMAE_KEYS = ("videomae_frames", "window_s", "max_width", "max_height", "max_duration_s", "mode")
 AUDIO_KEYS = ("audio_window_s", "audio_rate", "max_duration_s")
-SOURCE_COLUMNS = ("title", "caption_video", "caption_audio")
+SOURCE_COLUMNS = ("title", "caption_video", "caption_audio", "caption_omni")
 """Text columns of phase B rows, each with ``<column>_error``."""
 
 
@@ -77,6 +77,8 @@ def build_plan(cfg: FeaturizeConfig) -> PipelinePlan:
     from featurize.baselines import CLAPEmbed, VideoMAEEmbed
     from featurize.captioners import VLMCaptioner, caption_store_name, stage_manifest
     from featurize.decode import Decode
+    from featurize.dff import DFFEmbed, dff_identity, feature_set_name, text_dims
+    from featurize.omni import OmniCaptioner, omni_manifest
     from featurize.prompts import load_prompt
     from featurize.sound_events import SoundEvents
 
@@ -145,7 +147,36 @@ def build_plan(cfg: FeaturizeConfig) -> PipelinePlan:
             sinks.append(
                 Sink("features", fs, f"vec_{name}", ("decode_error", f"{name}_error"), identity=identity)
             )
-    return assemble(cfg, stages, sinks, video=video, audio=audio)
+    omni = None
+    if cfg.omni is not None:
+        stages.append(r.omni.spec(OmniCaptioner, config=cfg.omni))
+        identity = {"stage": "omni", **omni_manifest(cfg.omni), "models": _models(cfg.omni.model)}
+        identity |= {"frame_sampling": frames, "audio_sampling": audio_sampling}
+        omni = caption_store_name(cfg.omni, "omni")
+        sinks.append(
+            Sink(
+                "captions",
+                omni,
+                "caption_omni",
+                ("decode_error", "omni_error"),
+                cfg.omni.model,
+                identity=identity,
+            )
+        )
+    if cfg.dff is not None:
+        _, layer_dim = text_dims(cfg.dff)  # refuses layers the model does not have, before any work
+        stages.append(r.dff.spec(DFFEmbed, config=cfg.dff))
+        identity = dff_identity(cfg.dff, layer_dim, frames)
+        sinks.append(
+            Sink(
+                "features",
+                feature_set_name(cfg.dff),
+                "vec_dff",
+                ("decode_error", "dff_error"),
+                identity=identity,
+            )
+        )
+    return assemble(cfg, stages, sinks, video=video, audio=audio, omni=omni)
 
 
 def assemble(
@@ -154,17 +185,18 @@ def assemble(
     sinks: Sequence[Sink],
     video: str | None = None,
     audio: str | None = None,
+    omni: str | None = None,
 ) -> PipelinePlan:
     """A plan from phase A's stages and sinks; phase B follows from the encoders in ``cfg``.
 
-    ``video``/``audio`` name the caption stores (among ``sinks``) that hold ``caption_video`` and
-    ``caption_audio``. ``cfg.rename`` applies to caption stores first, so the feature sets derived
+    ``video``/``audio``/``omni`` name the caption stores (among ``sinks``) that hold ``caption_video``,
+    ``caption_audio`` and ``caption_omni``. ``cfg.rename`` applies to caption stores first, so the feature sets derived
     from a renamed caption store carry its new name, then to feature sets; every key must be used.
     """
     from featurize.text_encoders import TextEmbed
 
     names = {s.name for s in sinks}
-    for src in (video, audio):
+    for src in (video, audio, omni):
         if src is not None and src not in names:
             raise ValueError(f"caption store {src!r} is not among the plan's stores {sorted(names)}")
     used: set[str] = set()
@@ -174,9 +206,10 @@ def assemble(
         return cfg.rename.get(name, name)
 
     sinks = [replace(s, name=rn(s.name)) for s in sinks]
-    video, audio = (rn(n) if n else None for n in (video, audio))
+    video, audio, omni = (rn(n) if n else None for n in (video, audio, omni))
     by_name = {s.name: s for s in sinks}
-    sources = {c: n for c, n in (("caption_video", video), ("caption_audio", audio)) if n is not None}
+    named = (("caption_video", video), ("caption_audio", audio), ("caption_omni", omni))
+    sources = {c: n for c, n in named if n is not None}
     text: list[TextPlan] = []
     for enc in cfg.text_encoders:
         short = encoder_name(enc)
@@ -190,6 +223,8 @@ def assemble(
         if video and audio:
             v, a = video.removeprefix("mllm-video."), audio.removeprefix("mllm-audio.")
             sets[rn(f"mllm-av.{v}+{a}.{short}")] = ("caption_video", "caption_audio")
+        if omni:
+            sets[rn(f"{omni}.{short}")] = ("caption_omni",)
         if not sets:
             continue
         base = {"encoder": enc.model_dump(exclude={"batch_size", "device"}), "models": _models(enc.model)}
@@ -205,9 +240,8 @@ def assemble(
     unknown = sorted(set(cfg.rename) - used)
     if unknown:
         raise ValueError(f"rename: no store named {unknown}; this run's stores are {sorted(used)}")
-    return PipelinePlan(
-        Plan(tuple(stages), tuple(sinks), cfg.resources.write.spec(StoreWriter)), tuple(text), sources
-    )
+    writer = cfg.resources.write.spec(StoreWriter)
+    return PipelinePlan(Plan(tuple(stages), tuple(sinks), writer, clips=cfg.clips), tuple(text), sources)
 
 
 def _source_identity(col: str, sources: dict[str, str], by_name: dict[str, Sink]) -> Any:
@@ -236,7 +270,7 @@ def text_rows(
         "title_error": ["" if t else "item has no title" for t in titles],
     }
     have: dict[str, set[int]] = {"title": set(ids.tolist())}
-    for col in ("caption_video", "caption_audio"):
+    for col in SOURCE_COLUMNS[1:]:
         cols[col], cols[f"{col}_error"] = [None] * len(ids), [""] * len(ids)
         if col not in sources:
             continue
@@ -293,6 +327,23 @@ class FeaturizeResult:
         return "\n".join(lines)
 
 
+def _backfill_clips(plan: PipelinePlan, catalog: pd.DataFrame, root: str, check: bool) -> dict[str, PlanRun]:
+    """Decode only the items that have no clip metadata yet (stores written before the clip store)."""
+    from featurize.stores import ClipStore
+
+    store = ClipStore(root)
+    rows = catalog.loc[~catalog["item_id"].isin(list(store.done_ids())), ["item_id", "title", "video_path"]]
+    runs = {}
+    first = plan.captions.stages[0] if plan.captions.stages else None
+    if not rows.empty and first is not None and getattr(first.fn, "name", "") == "decode":
+        logger.info("featurize: %d items need clip metadata only (decode)", len(rows))
+        decode = Plan((first,), (), plan.captions.writer, clips=True)
+        runs["clips"] = run_plan(decode, rows.assign(todo="[]").reset_index(drop=True), root, "clips", check)
+    if store.parts():
+        store.update_counts()
+    return runs
+
+
 def run_featurize(cfg: FeaturizeConfig, plan: PipelinePlan | None = None) -> FeaturizeResult:
     """Run both phases into ``cfg.store_root``; returns counts and timings (Ray must be initialised)."""
     from featurize.catalog import load_catalog
@@ -312,6 +363,8 @@ def run_featurize(cfg: FeaturizeConfig, plan: PipelinePlan | None = None) -> Fea
         rows = todo_rows(plan.captions, catalog[["item_id", "title", "video_path"]], root, cfg.retry_errors)
         logger.info("featurize: %d of %d items need captions or direct features", len(rows), len(catalog))
         runs["captions"] = run_plan(plan.captions, rows, root, "captions", check)
+    if plan.captions.clips:
+        runs |= _backfill_clips(plan, catalog, root, check)
     for tp in plan.text:
         rows = text_rows(tp, plan.sources, catalog, root, cfg.retry_errors)
         label = f"text.{tp.encoder}"

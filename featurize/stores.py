@@ -447,3 +447,66 @@ class FeatureStore(_Store):
                 **{c: pd.Series(dtype=object) for c in ("vector", "status", "error")},
             }
         )
+
+
+CLIP_COLUMNS = ("item_id", "duration_s", "has_video", "has_audio", "status", "error")
+
+
+class ClipStore(_Store):
+    """Per-item clip metadata from the decode stage: ``<root>/clips/part-*.parquet``.
+
+    Columns ``item_id:int64, duration_s:float64`` (the whole clip, NaN when unknown),
+    ``has_video:bool, has_audio:bool, status, error`` (the decode error). It describes the files, not
+    a configuration, so it has no config hash: the graph's writer adds a row for every item that passes
+    through decoding, and ``run_featurize`` decodes the items still missing (stores made before it).
+    """
+
+    kind = "clips"
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.name = "clips"
+        self.path = self.root / self.kind
+
+    def _to_table(self, data: pa.Table | pd.DataFrame) -> pa.Table:
+        df = _as_frame(data)
+        _column(df, self, "error")
+        status, errors = _check_status(df, self)
+        dur = pd.to_numeric(_column(df, self, "duration_s"), errors="coerce").to_numpy(dtype=np.float64)
+        return pa.table(
+            {
+                "item_id": pa.array(_column(df, self, "item_id").to_numpy(dtype=np.int64), pa.int64()),
+                "duration_s": pa.array(dur, pa.float64(), from_pandas=True),
+                "has_video": pa.array(_column(df, self, "has_video").to_numpy(dtype=bool), pa.bool_()),
+                "has_audio": pa.array(_column(df, self, "has_audio").to_numpy(dtype=bool), pa.bool_()),
+                "status": pa.array(status.tolist(), pa.string()),
+                "error": pa.array(errors, pa.string()),
+            }
+        )
+
+    def _empty_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "item_id": pd.Series(dtype="int64"),
+                "duration_s": pd.Series(dtype="float64"),
+                "has_video": pd.Series(dtype=bool),
+                "has_audio": pd.Series(dtype=bool),
+                **{c: pd.Series(dtype=object) for c in ("status", "error")},
+            }
+        )
+
+
+def read_clip_durations(root: str | os.PathLike[str], item_ids: Sequence[int] | None = None) -> pd.Series:
+    """Clip length in seconds per item id (float64, NaN when unknown or not decoded), from ``<root>/clips``.
+
+    With ``item_ids`` the series is in that order, NaN for items the store does not hold. Raises
+    StoreError when the root has no clip store (run ``seewhy featurize`` first).
+    """
+    store = ClipStore(root)
+    if not store.parts():
+        raise StoreError(f"{store}: no clip metadata under {store.path}; run `seewhy featurize` first")
+    s = store.read().set_index("item_id")["duration_s"].astype("float64")
+    s.index = s.index.astype("int64")
+    return (
+        s if item_ids is None else s.reindex(pd.Index(np.asarray(item_ids, dtype=np.int64), name="item_id"))
+    )

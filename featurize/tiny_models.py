@@ -1,4 +1,5 @@
-"""Builders for ``tiny:`` model references: tiny random Qwen2.5-VL, Qwen2-VL and Qwen2-Audio checkpoints.
+"""Builders for ``tiny:`` model references: tiny random Qwen2.5-VL, Qwen2-VL, Qwen2-Audio and Qwen2.5-Omni
+thinker checkpoints.
 
 There is no hub access in tests or in the demo, so these stand-ins are built from a config at run time
 (2 text layers, width 64, head_dim 32 so vLLM's CPU attention can serve them too, 1-2 vision layers,
@@ -45,9 +46,23 @@ AUDIO_CHAT_TEMPLATE = (
     "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+# Qwen2.5-Omni's template for the parts seewhy uses: a system turn, then audio/image/video placeholders.
+OMNI_CHAT_TEMPLATE = (
+    VL_CHAT_TEMPLATE.replace(
+        "<|vision_start|><|image_pad|><|vision_end|>", "<|vision_bos|><|IMAGE|><|vision_eos|>"
+    )
+    .replace("<|vision_start|><|video_pad|><|vision_end|>", "<|vision_bos|><|VIDEO|><|vision_eos|>")
+    .replace(
+        "{% elif 'text' in content %}",
+        "{% elif content['type'] == 'audio' %}<|audio_bos|><|AUDIO|><|audio_eos|>{% elif 'text' in content %}",
+    )
+)
 VL_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>"]
 VL_SPECIAL += ["<|image_pad|>", "<|video_pad|>"]
 AUDIO_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"]
+# Qwen2.5-Omni's own spellings: <|vision_bos|>/<|vision_eos|> and <|VIDEO|>/<|IMAGE|> (not the VL ones).
+OMNI_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_bos|>", "<|vision_eos|>"]
+OMNI_SPECIAL += ["<|IMAGE|>", "<|VIDEO|>", "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"]
 # A fixed corpus, so the tokenizer (and thus every output) is the same on every machine.
 _CORPUS = [
     "A person is walking a dog in the park on a sunny day.",
@@ -203,6 +218,48 @@ def build_qwen2_audio(out: Path) -> None:
     fix_qwen2_audio_keys(out)
 
 
+def build_qwen25_omni_thinker(out: Path) -> None:
+    """Tiny Qwen2.5-Omni thinker: 2 text layers (width 64), 2 vision blocks, a 2-layer audio encoder (128 mels).
+
+    The preprocessor config holds both the video patching (read by ``VisionGrid``) and the Whisper
+    feature extractor settings, as the real checkpoints' do.
+    """
+    from transformers import (
+        Qwen2_5OmniThinkerConfig,
+        Qwen2_5OmniThinkerForConditionalGeneration,
+        WhisperFeatureExtractor,
+    )
+
+    tok = _tokenizer(OMNI_SPECIAL)
+    ids = {t: tok.convert_tokens_to_ids(t) for t in OMNI_SPECIAL}
+    vision = {"depth": 2, "hidden_size": 64, "intermediate_size": 128, "num_heads": 2, "out_hidden_size": 64}
+    vision |= {"fullatt_block_indexes": [1], "initializer_range": VISION_INIT}
+    audio = {"num_mel_bins": 128, "encoder_layers": 2, "encoder_attention_heads": 2, "encoder_ffn_dim": 128}
+    audio |= {"d_model": 64, "output_dim": 64, "n_window": 50, "initializer_range": VISION_INIT}
+    cfg = Qwen2_5OmniThinkerConfig(
+        text_config=_text_config(tok) | {"rope_parameters": dict(MROPE)},
+        vision_config=vision,
+        audio_config=audio,
+        audio_token_index=ids["<|AUDIO|>"],
+        image_token_index=ids["<|IMAGE|>"],
+        video_token_index=ids["<|VIDEO|>"],
+        audio_start_token_id=ids["<|audio_bos|>"],
+        audio_end_token_id=ids["<|audio_eos|>"],
+        vision_start_token_id=ids["<|vision_bos|>"],
+        vision_end_token_id=ids["<|vision_eos|>"],
+    )
+    model = Qwen2_5OmniThinkerForConditionalGeneration(cfg).eval()
+    _set_generation(model, tok)
+    model.save_pretrained(out)
+    tok.chat_template = OMNI_CHAT_TEMPLATE
+    tok.save_pretrained(out)
+    fe = WhisperFeatureExtractor(feature_size=128, sampling_rate=16000).to_dict()
+    grid = {"patch_size": 14, "temporal_patch_size": 2, "merge_size": 2, "image_mean": CLIP_MEAN}
+    grid |= {"image_std": CLIP_STD, "min_pixels": MIN_PIXELS, "max_pixels": MAX_PIXELS}
+    _write_json(out / "preprocessor_config.json", {k: v for k, v in fe.items() if k != "mel_filters"} | grid)
+    _write_json(out / "video_preprocessor_config.json", grid | {"do_sample_frames": False})
+
+
 def fix_qwen2_audio_keys(path: Path) -> int:
     """Rename ``language_model.model.model.*`` weights to ``language_model.model.*`` (what vLLM loads).
 
@@ -228,6 +285,7 @@ TINY_MODELS: dict[str, Callable[[Path], None]] = {
     "qwen2.5-vl": build_qwen25_vl,
     "qwen2-vl": build_qwen2_vl,
     "qwen2-audio": build_qwen2_audio,
+    "qwen2.5-omni": build_qwen25_omni_thinker,
 }
 
 

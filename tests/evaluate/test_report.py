@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from evaluate.metrics import hit_rate, ndcg
-from evaluate.report import plot_bars, plot_days, summarize, table1_markdown, write_report
+from evaluate.report import duration_markdown, plot_bars, plot_days, summarize, table1_markdown, write_report
 from evaluate.significance import paired_ttest
 
 D1, D2 = "2021-06-14", "2021-06-15"
@@ -148,6 +148,27 @@ def test_write_report(cases: pd.DataFrame, tmp_path) -> None:
     no_flags = cases.drop(columns=["cold_start", "stand_in"])
     md = write_report(no_flags, tmp_path / "plain", "Plain")["report"].read_text()
     assert "## Cold start" not in md and "†" not in md
+
+
+def test_duration_breakdown(cases: pd.DataFrame, tmp_path) -> None:
+    """Items 10 (12 s), 11 (unknown) and 12 (45 s): one short case, one long, one left out, per run."""
+    dur = cases["item_id"].map({10: 12.0, 11: float("nan"), 12: 45.0})
+    md = write_report(cases.assign(duration_s=dur), tmp_path, "Durations")["report"].read_text()
+    sec = md[md.index("## Clip duration") :]
+    assert "10 case rows with a known duration, 5 without (left out)" in sec
+    short, long = sec.split("### Clips 30 s or longer")
+    assert "### Clips shorter than 30 s" in short and "33.3% of case rows" in short
+    # Two-tower id ranks [1, 20, 5]: the short case (item 10) is a hit at 10, the long one (item 12) too.
+    assert "| id (baseline) | 1.0000 |" in short and "| id (baseline) | 1.0000 |" in long
+    # mllm-video ranks [2, 3, 40]: long case (rank 40) misses at 10 and at 30.
+    assert "| mllm-video † | 0.0000" in long
+    at_5 = duration_markdown(cases.assign(duration_s=dur), threshold_s=50.0)
+    assert "### Clips 50 s or longer\n\nNo test case." in at_5
+    with pytest.raises(ValueError, match="'duration_s': expected seconds"):
+        duration_markdown(cases.assign(duration_s="long"))
+    with pytest.raises(ValueError, match="threshold must be > 0"):
+        duration_markdown(cases.assign(duration_s=dur), threshold_s=0)
+    assert "## Clip duration" not in write_report(cases, tmp_path / "plain", "x")["report"].read_text()
 
 
 def test_plots_standalone(cases: pd.DataFrame, tmp_path) -> None:
