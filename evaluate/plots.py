@@ -19,8 +19,11 @@ LABELS = {"hr": "HR", "ndcg": "nDCG"}
 
 
 def run_order(cases: pd.DataFrame) -> list[tuple[str, str]]:
-    """(model, feature_set) runs in order of first appearance: the caller's order sets the layout."""
-    return list(dict.fromkeys(zip(cases["model"].astype(str), cases["feature_set"].astype(str))))
+    """(model, feature_set) runs grouped by model; models and, within each, feature sets in order of first
+    appearance: the caller's order sets the layout."""
+    runs = list(dict.fromkeys(zip(cases["model"].astype(str), cases["feature_set"].astype(str))))
+    models = list(dict.fromkeys(m for m, _ in runs))
+    return sorted(runs, key=lambda r: models.index(r[0]))
 
 
 def stand_in_runs(cases: pd.DataFrame) -> set[tuple[str, str]]:

@@ -1,11 +1,12 @@
 """The protocol runner behind `seewhy run`: data -> splits -> (model x representation) on Ray Train -> report.
 
 Reads the log (and catalogue), builds the rolling daily folds (or leave-one-out), trains every
-model on every representation with one TorchTrainer each (all folds inside), adds the
+model on every representation in one TorchTrainer (all arms and folds inside), adds the
 most-popular baseline, and writes the run folder:
 
     manifest.json               config, package versions, input file hashes, resolved feature sets
     results/cases.parquet       model, feature_set, day, user_id, item_id, rank, cold_start, stand_in
+                                (+ duration_s when the feature stores hold clip metadata)
     results/summary.csv         model, feature_set, day ('all' for the whole), k, hr, ndcg, n_cases
     report.md, plots/*.png      Table 1 with paired tests, per-day plots
 
@@ -16,6 +17,7 @@ an interrupted trainer resumes from its last epoch checkpoint under ray_train/.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +30,7 @@ from evaluate.metrics import rank_targets
 from ray_jobs.config import RunConfig
 from ray_jobs.manifest import write_manifest
 from train.sequences import left_pad, sequence_windows
-from train.trainer import Fold, fit_and_rank
+from train.trainer import Arm, Fold, fit_and_rank_arms
 
 MOST_POPULAR = "most-popular"
 
@@ -192,12 +194,14 @@ def most_popular_ranks(prep: Prepared, window_days: int) -> list[np.ndarray]:
 
 
 def representation(rep: str) -> tuple[str, str | None]:
-    """'id' -> ('id', None); 'title.x' -> ('feature', 'title.x'); 'id+title.x' -> ('fusion', 'title.x')."""
+    """'id'; 'x' -> ('feature', x); 'id+x' -> ('fusion', x); 'dff.*' -> 'dff'; 'id+dff.*' -> 'dff-fusion'."""
     if rep == "id":
         return "id", None
-    if rep.startswith("id+"):
-        return "fusion", rep[3:]
-    return "feature", rep
+    fused = rep.startswith("id+")
+    fs = rep[3:] if fused else rep
+    if fs.startswith("dff."):
+        return ("dff-fusion" if fused else "dff"), fs
+    return ("fusion" if fused else "feature"), fs
 
 
 def load_features(cfg: RunConfig, feature_set: str, item_ids: np.ndarray) -> tuple[np.ndarray, dict]:
@@ -214,6 +218,12 @@ def load_features(cfg: RunConfig, feature_set: str, item_ids: np.ndarray) -> tup
         )
     matrix, ok = store.read_matrix(item_ids)
     manifest = store.manifest() or {}
+    n_layers = len(manifest.get("layers") or [None])
+    layer_dim = manifest.get("layer_dim")
+    if feature_set.startswith("dff.") and layer_dim and layer_dim * n_layers != matrix.shape[1]:
+        raise ValueError(
+            f"feature set {feature_set!r}: {n_layers} layers x layer_dim {layer_dim} != width {matrix.shape[1]}"
+        )
     models = manifest.get("models", [])
     entries = list(models.values()) if isinstance(models, dict) else list(models)
     refs = [str(m.get("ref") or m.get("reference") or "") if isinstance(m, dict) else str(m) for m in entries]
@@ -225,6 +235,7 @@ def load_features(cfg: RunConfig, feature_set: str, item_ids: np.ndarray) -> tup
         "dim": int(matrix.shape[1]),
         "n_ok": int(ok.sum()),
         "n_missing": int((~ok).sum()),
+        "n_layers": n_layers,
         "stand_in": stand_in,
         "models": models,
     }
@@ -258,39 +269,25 @@ def run(cfg: RunConfig) -> Path:
         frames.append(
             _case_rows(prep, MOST_POPULAR, f"last {cfg.protocol.popularity_window_days}d", ranks, False)
         )
+    pending: list[Arm] = []
+    stand_ins: dict[str, bool] = {}
+    feature_mats: dict[str, np.ndarray] = {}
     for rep in cfg.experiment.representations:
         kind, fs = representation(rep)
-        feats = None
-        if fs is not None:
-            feats, info = load_features(cfg, fs, prep.item_ids)
-            features_info[fs] = info
+        if fs is not None and fs not in features_info:
+            feature_mats[fs], features_info[fs] = load_features(cfg, fs, prep.item_ids)
+        stand_ins[rep] = bool(fs and features_info[fs]["stand_in"])
         for model in cfg.experiment.models:
-            done = run_dir / "results" / "ranks" / f"{model}__{rep}.parquet"
-            stand_in = bool(fs and features_info[fs]["stand_in"])
+            done = _ranks_path(run_dir, model, rep)
             if done.exists():
                 log(f"{model} / {rep}: already finished, reusing {done.name}")
                 frames.append(pd.read_parquet(done))
-                continue
-            log(f"{model} / {rep}: training on Ray Train ({cfg.train.num_workers} workers)")
-            t1 = time.perf_counter()
-            by_label = fit_and_rank(
-                model=model,
-                item_encoder=kind,
-                n_items=len(prep.item_ids),
-                history_len=cfg.protocol.history_len,
-                folds=prep.folds,
-                model_cfg=cfg.model,
-                train_cfg=cfg.train,
-                storage_path=str(run_dir / "ray_train"),
-                run_name=f"{model}__{rep}".replace("+", "_plus_"),
-                features=feats,
-            )
-            ranks = [by_label[f.label] for f in prep.folds]
-            frame = _case_rows(prep, model, rep, ranks, stand_in)
-            frame.to_parquet(done, index=False)
-            frames.append(frame)
-            log(f"{model} / {rep}: done in {time.perf_counter() - t1:.0f}s")
-    cases = pd.concat(frames, ignore_index=True)
+            else:
+                kw = {"n_layers": features_info[fs]["n_layers"]} if kind.startswith("dff") else None
+                pending.append(Arm(f"{model}__{rep}", model, kind, fs, kw))
+    if pending:
+        frames += _train_arms(cfg, prep, pending, feature_mats, stand_ins)
+    cases = attach_durations(cfg, pd.concat(frames, ignore_index=True))
     cases.to_parquet(run_dir / "results" / "cases.parquet", index=False)
     baselines = {m: cfg.experiment.baselines.get(m, "id") for m in cfg.experiment.models}
     baselines = {m: b for m, b in baselines.items() if b in cfg.experiment.representations}
@@ -300,6 +297,84 @@ def run(cfg: RunConfig) -> Path:
     )
     log(f"finished in {time.perf_counter() - t0:.0f}s; report: {run_dir / 'report.md'}")
     return run_dir
+
+
+def attach_durations(cfg: RunConfig, cases: pd.DataFrame) -> pd.DataFrame:
+    """Add duration_s (seconds of the target clip, NaN unknown) when the features root has clip metadata."""
+    from featurize.stores import ClipStore, read_clip_durations
+
+    root = cfg.data.features_root
+    if not root or not ClipStore(root).parts():
+        return cases
+    return cases.assign(duration_s=read_clip_durations(root, cases["item_id"].to_numpy()).to_numpy())
+
+
+def _ranks_path(run_dir: Path, model: str, rep: str) -> Path:
+    return run_dir / "results" / "ranks" / f"{model}__{rep}.parquet"
+
+
+def _train_arms(
+    cfg: RunConfig,
+    prep: Prepared,
+    arms: list[Arm],
+    features: dict[str, np.ndarray],
+    stand_ins: dict[str, bool],
+) -> list[pd.DataFrame]:
+    """Train the pending arms in ``train.parallel_runs`` TorchTrainers at once; write and return their cases."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    groups = split_arms(arms, cfg.train.parallel_runs)
+    log(
+        f"training {len(arms)} arm(s) x {len(prep.folds)} fold(s) in {len(groups)} Ray Train run(s) at once "
+        f"({cfg.train.num_workers} worker(s) each): " + ", ".join(a.name for a in arms)
+    )
+    t1 = time.perf_counter()
+
+    def train(group: list[Arm]) -> dict[str, dict[str, np.ndarray]]:
+        # The run name depends on the arms, so a rerun of the same pending set resumes its checkpoint.
+        digest = hashlib.sha256("\n".join(a.name for a in group).encode()).hexdigest()[:10]
+        return fit_and_rank_arms(
+            arms=group,
+            n_items=len(prep.item_ids),
+            history_len=cfg.protocol.history_len,
+            folds=prep.folds,
+            model_cfg=cfg.model,
+            train_cfg=cfg.train,
+            storage_path=str(cfg.run_dir / "ray_train"),
+            run_name=f"arms-{digest}",
+            features={a.feature_set: features[a.feature_set] for a in group if a.feature_set},
+        )
+
+    by_arm: dict[str, dict[str, np.ndarray]] = {}
+    with ThreadPoolExecutor(len(groups)) as pool:  # Ray Train runs fit() from threads (as Tune does)
+        for part in pool.map(train, groups):
+            by_arm.update(part)
+    frames = []
+    for a in arms:
+        rep = a.name.split("__", 1)[1]
+        ranks = [by_arm[a.name][f.label] for f in prep.folds]
+        frame = _case_rows(prep, a.model, rep, ranks, stand_ins[rep])
+        frame.to_parquet(_ranks_path(cfg.run_dir, a.model, rep), index=False)
+        frames.append(frame)
+    log(f"trained {len(arms)} arm(s) in {time.perf_counter() - t1:.0f}s")
+    return frames
+
+
+# Relative cost of an epoch per model (measured on the demo world: two-tower ~0.04 s, SASRec ~0.25 s),
+# used only to balance arms across parallel runs.
+ARM_COST = {"two-tower": 1.0}
+
+
+def split_arms(arms: list[Arm], n: int) -> list[list[Arm]]:
+    """At most ``n`` non-empty groups of arms with about equal cost (longest first, to the lightest group)."""
+    groups: list[list[Arm]] = [[] for _ in range(min(n, len(arms)))]
+    load = [0.0] * len(groups)
+    for a in sorted(arms, key=lambda a: -ARM_COST.get(a.model, 6.0)):
+        i = load.index(min(load))
+        groups[i].append(a)
+        load[i] += ARM_COST.get(a.model, 6.0)
+    order = {a.name: k for k, a in enumerate(arms)}
+    return [sorted(g, key=lambda a: order[a.name]) for g in groups]
 
 
 def _case_rows(prep: Prepared, model: str, rep: str, ranks: list[np.ndarray], stand_in: bool) -> pd.DataFrame:

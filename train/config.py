@@ -59,6 +59,26 @@ class TrainConfig(_Frozen):
     )
     eval_batch_size: int = Field(1024, ge=1, description="Users scored at once under full ranking.")
     seed: int = Field(0, description="Seed for initialisation, sampling and shuffling.")
+    parallel_runs: int = Field(
+        1,
+        ge=1,
+        description="TorchTrainers run at once by `seewhy run`, each on its share of the (model, representation) "
+        "arms; each needs num_workers x cpus_per_worker CPUs (2 runs of 1 worker beat 1 run of 2 on 2 cores).",
+    )
+    cache_data: bool = Field(
+        True,
+        description="Read each fold's training windows from Ray Data once per worker and keep them in memory, "
+        "shuffled in full every epoch (every arm reuses them); false streams them from Ray Data every epoch "
+        "with a local shuffle buffer (logs larger than a worker's memory).",
+    )
+    checkpoint_every: Literal["epoch", "fold"] = Field(
+        "epoch",
+        description="Checkpoint after every epoch, or only after each fold's test (cheaper on many small arms; "
+        "a resumed run restarts the fold it stopped in).",
+    )
+    progress: Literal["epoch", "fold"] = Field(
+        "epoch", description="Print a line per epoch, or only one per fold test (many arms, many folds)."
+    )
 
     @field_validator("valid_metric")
     @classmethod

@@ -1,12 +1,14 @@
-"""The Ray Train loop: the whole rolling protocol for one (model, representation) in one trainer.
+"""The Ray Train loop: the whole rolling protocol for a list of arms in one trainer.
 
-One ``TorchTrainer.fit()`` runs every fold (evaluation day) in turn, so Ray Train's start-up is paid
-once per model and representation, not once per day. For each fold: fit on ``fit_<i>`` with early
-stopping on the fold's validation cases (patience from config) to choose the epoch count E; refit
-from a fresh initialisation on ``refit_<i>`` for E epochs; rank the fold's test cases under full
-ranking. A checkpoint is reported after every epoch and after every test, holding the model, the
-optimiser, the protocol position and the ranks of finished folds, so rerunning the trainer with the
-same run name resumes where it stopped.
+An arm is one (model, item representation) pair. One ``TorchTrainer.fit()`` runs every arm and,
+inside each, every fold (evaluation day) in turn, so Ray Train's start-up is paid once per run, not
+once per model, representation or day. For each fold: fit on ``fit_<i>`` with early stopping on the
+fold's validation cases (patience from config) to choose the epoch count E; refit from a fresh
+initialisation on ``refit_<i>`` for E epochs; rank the fold's test cases under full ranking. A
+checkpoint is reported after every epoch and after every test (only after every test with
+``checkpoint_every: fold``), holding the model, the optimiser, the protocol position (arm, fold,
+phase, epoch) and the ranks of finished folds, so rerunning the trainer with the same run name
+resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class _Fold:
 
     def __init__(self, d: dict | None = None) -> None:
         d = d or {}
+        self.arm: int = d.get("arm", 0)
         self.fold: int = d.get("fold", 0)
         self.phase: str = d.get("phase", "fit")
         self.epoch: int = d.get("epoch", 0)  # epochs completed in this phase
@@ -71,14 +74,29 @@ class _Fold:
     def as_dict(self) -> dict:
         return dict(vars(self))
 
+    def next_fold(self) -> None:
+        self.fold, self.phase, self.epoch = self.fold + 1, "fit", 0
+        self.best, self.best_epoch, self.bad = -1.0, 0, 0
+
+    def next_arm(self) -> None:
+        self.arm, self.fold, self.chosen = self.arm + 1, 0, []
+
+
+def result_key(arm: str, label: str) -> str:
+    """Key of one arm's test ranks on one fold in the checkpointed results."""
+    return f"{arm}/{label}"
+
 
 def train_loop_per_worker(config: dict) -> None:
-    """Ray Train entry point; ``config`` is built by ``train.trainer.fit_and_rank``."""
+    """Ray Train entry point; ``config`` is built by ``train.trainer.fit_and_rank_arms``."""
+    import ray
     import ray.train
     import ray.train.torch
 
     # Ray Train logs every report at INFO; the loop's own per-epoch lines are the progress display.
-    for name in [n for n in logging.root.manager.loggerDict if n.startswith("ray.train")] + ["ray.train"]:
+    # Some of Ray Train V2's modules name their logger by file path (getLogger(__file__)).
+    names = [n for n in logging.root.manager.loggerDict if n.startswith("ray.train") or "/ray/train/" in n]
+    for name in [*names, "ray.train"]:
         logging.getLogger(name).setLevel(logging.WARNING)
     mcfg = ModelConfig(**config["model_cfg"])
     tcfg = TrainConfig(**config["train_cfg"])
@@ -86,45 +104,73 @@ def train_loop_per_worker(config: dict) -> None:
     rank, _ = _dist()
     n_items: int = config["n_items"]
     folds: list[dict] = config["folds"]
-    feats = config.get("features")
-    if feats is not None and not isinstance(feats, np.ndarray):
-        import ray
-
-        feats = ray.get(feats)
-    features = torch.from_numpy(feats) if feats is not None else None
+    arms: list[dict] = config["arms"]
     valid_key = tcfg.valid_metric
     tag = config.get("tag", "")
+    features: dict[str, torch.Tensor] = {}  # feature set -> matrix, fetched once per worker
 
-    def fresh():
+    def arm_features(arm: dict) -> torch.Tensor | None:
+        name = arm.get("feature_set")
+        if name is None:
+            return None
+        if name not in features:
+            ref = config["features"][name]
+            features[name] = torch.from_numpy(ref if isinstance(ref, np.ndarray) else ray.get(ref))
+        return features[name]
+
+    def fresh(arm: dict):
         torch.manual_seed(tcfg.seed)
-        enc = build_item_encoder(config["item_encoder"], n_items, mcfg.dim, features, mcfg.feature_dropout)
-        model = ray.train.torch.prepare_model(build_model(config["model"], enc, mcfg, config["history_len"]))
+        enc = build_item_encoder(
+            arm["item_encoder"],
+            n_items,
+            mcfg.dim,
+            arm_features(arm),
+            mcfg.feature_dropout,
+            **arm.get("encoder_kwargs", {}),
+        )
+        model = ray.train.torch.prepare_model(build_model(arm["model"], enc, mcfg, config["history_len"]))
         opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
         return model, opt
 
-    model, opt = fresh()
     st = _Fold()
     results: dict[str, torch.Tensor] = {}
+    saved = None
     ckpt = ray.train.get_checkpoint()
     if ckpt:
         with ckpt.as_directory() as d:
             saved = torch.load(Path(d) / STATE_FILE, weights_only=True)
+        if saved.get("arms") != [a["name"] for a in arms]:
+            raise RuntimeError(
+                f"[{tag}] the checkpoint was written for arms {saved.get('arms')}, "
+                f"not {[a['name'] for a in arms]}: use a new run name"
+            )
         st = _Fold(saved["progress"])
         st.resumes += 1
         results = saved["results"]
+    if st.arm >= len(arms):
+        return  # a finished run read back
+    model, opt = fresh(arms[st.arm])
+    if saved is not None:
         getattr(model, "module", model).load_state_dict(saved["model"])
         opt.load_state_dict(saved["optim"])
         if rank == 0:
-            print(f"[{tag}] resumed at fold {st.fold} {st.phase} epoch {st.epoch}", flush=True)
+            print(
+                f"[{tag}] resumed at {arms[st.arm]['name']} fold {st.fold} {st.phase} epoch {st.epoch}",
+                flush=True,
+            )
 
     gen = torch.Generator().manual_seed(tcfg.seed * 1000 + rank)
 
     def report(metrics: dict) -> None:
-        metrics = {"fold": folds[min(st.fold, len(folds) - 1)]["label"], **metrics}
+        if tcfg.checkpoint_every == "fold" and metrics.get("phase") != "test":
+            return
+        arm = arms[min(st.arm, len(arms) - 1)]["name"]
+        metrics = {"arm": arm, "fold": folds[min(st.fold, len(folds) - 1)]["label"], **metrics}
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if rank == 0:
                 state = {
+                    "arms": [a["name"] for a in arms],
                     "progress": st.as_dict(),
                     "results": results,
                     "model": getattr(model, "module", model).state_dict(),
@@ -136,26 +182,46 @@ def train_loop_per_worker(config: dict) -> None:
         marker = config.get("fail_once_marker")  # fault injection for the resume test
         if marker and rank == 0 and metrics.get("phase") == "test" and not os.path.exists(marker):
             Path(marker).touch()
-            print(f"[{tag}] injected failure after {metrics['fold']}", flush=True)
+            print(f"[{tag}] injected failure after {arm} {metrics['fold']}", flush=True)
             os._exit(1)
 
+    cache: dict[str, torch.Tensor] = {}  # dataset name -> this worker's windows (train.cache_data)
+    device = ray.train.torch.get_device()
+
+    def cached(name: str) -> torch.Tensor:
+        if name not in cache:
+            shard = ray.train.get_dataset_shard(name)
+            parts = [b["data"] for b in shard.iter_torch_batches(batch_size=65536, dtypes=torch.long)]
+            width = config["history_len"] + 1
+            cache[name] = torch.cat(parts) if parts else torch.empty((0, width), dtype=torch.long)
+        return cache[name]
+
     def epoch_on(name: str, epoch: int) -> tuple[float, int, float]:
-        shard = ray.train.get_dataset_shard(name)
         t0 = time.perf_counter()
-        batches = (
-            b["data"]
-            for b in shard.iter_torch_batches(
-                batch_size=tcfg.batch_size,
-                dtypes=torch.long,
-                device=ray.train.torch.get_device(),
-                local_shuffle_buffer_size=4 * tcfg.batch_size,
-                local_shuffle_seed=tcfg.seed + epoch,
+        if tcfg.cache_data:
+            data = cached(name)
+            order = torch.randperm(
+                len(data), generator=torch.Generator().manual_seed(tcfg.seed * 7919 + epoch)
             )
-        )
+            bs = tcfg.batch_size
+            batches = (data[order[i : i + bs]].to(device) for i in range(0, len(data), bs))
+        else:
+            batches = (
+                b["data"]
+                for b in ray.train.get_dataset_shard(name).iter_torch_batches(
+                    batch_size=tcfg.batch_size,
+                    dtypes=torch.long,
+                    device=device,
+                    local_shuffle_buffer_size=4 * tcfg.batch_size,
+                    local_shuffle_seed=tcfg.seed + epoch,
+                )
+            )
         loss, n = train_epoch(model, batches, opt, tcfg, n_items, gen)
         return loss, n, time.perf_counter() - t0
 
-    while st.fold < len(folds):
+    while st.arm < len(arms):
+        arm = arms[st.arm]
+        name = arm["name"]
         f = folds[st.fold]
         label = f["label"]
         if st.phase == "fit":
@@ -173,10 +239,11 @@ def train_loop_per_worker(config: dict) -> None:
                         st.bad += 1
                 else:
                     st.best_epoch = st.epoch
-                if rank == 0:
+                if rank == 0 and tcfg.progress == "epoch":
                     print(
-                        f"[{tag}] {label} fit epoch {st.epoch}: loss {loss:.4f} ({n / secs:,.0f} targets/s) "
-                        f"valid {valid_key} {metric:.4f} (best {st.best:.4f} @ {st.best_epoch})",
+                        f"[{tag}] {name} {label} fit epoch {st.epoch}: loss {loss:.4f} "
+                        f"({n / secs:,.0f} targets/s) valid {valid_key} {metric:.4f} "
+                        f"(best {st.best:.4f} @ {st.best_epoch})",
                         flush=True,
                     )
                 report({"phase": "fit", "epoch": st.epoch, "loss": loss, f"valid_{valid_key}": metric})
@@ -184,29 +251,36 @@ def train_loop_per_worker(config: dict) -> None:
                 st.best_epoch = st.chosen[-1]  # no validation day: reuse the previous fold's choice
             st.chosen.append(max(st.best_epoch, 1))
             st.phase, st.epoch = "refit", 0
-            model, opt = fresh()
+            model, opt = fresh(arm)
         if st.phase == "refit":
             target_epochs = st.chosen[-1]
             while st.epoch < target_epochs:
                 loss, n, secs = epoch_on(f"refit_{st.fold}", st.epoch)
                 st.epoch += 1
-                if rank == 0:
+                if rank == 0 and tcfg.progress == "epoch":
                     print(
-                        f"[{tag}] {label} refit epoch {st.epoch}/{target_epochs}: loss {loss:.4f}", flush=True
+                        f"[{tag}] {name} {label} refit epoch {st.epoch}/{target_epochs}: loss {loss:.4f}",
+                        flush=True,
                     )
                 if st.epoch < target_epochs:
                     report({"phase": "refit", "epoch": st.epoch, "loss": loss})
             ranks = _ranks(model, f["test_hist"], f["test_target"], tcfg.eval_batch_size)
-            results[label] = torch.from_numpy(ranks)
+            results[result_key(name, label)] = torch.from_numpy(ranks)
             m = metrics_from_ranks(ranks) if len(ranks) else {}
             if rank == 0:
                 shown = ", ".join(f"{k} {v:.4f}" for k, v in m.items() if k.endswith(("@10", "@30")))
-                print(f"[{tag}] {label} test ({len(ranks)} cases, E={target_epochs}): {shown}", flush=True)
-            st.fold, st.phase, st.epoch = st.fold + 1, "fit", 0
-            st.best, st.best_epoch, st.bad = -1.0, 0, 0
-            model, opt = fresh()
+                print(
+                    f"[{tag}] {name} {label} test ({len(ranks)} cases, E={target_epochs}): {shown}",
+                    flush=True,
+                )
+            st.next_fold()
+            if st.fold == len(folds):
+                st.next_arm()
+            if st.arm < len(arms):
+                model, opt = fresh(arms[st.arm])
             report(
                 {
+                    "arm": name,
                     "fold": label,
                     "phase": "test",
                     "epoch": target_epochs,

@@ -1,14 +1,20 @@
-"""Driver side of training: builds the Ray Datasets and the TorchTrainer for one model and representation."""
+"""Driver side of training: builds the Ray Datasets and one TorchTrainer for a list of arms.
+
+An arm is one (model, item representation) pair. Every arm of a run shares the same fold datasets,
+so one trainer (one Ray Train start-up, one set of Ray Data split coordinators) serves them all.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from train.config import ModelConfig, TrainConfig
-from train.loop import STATE_FILE, train_loop_per_worker
+from train.loop import STATE_FILE, result_key, train_loop_per_worker
 
 
 @dataclass(frozen=True)
@@ -28,6 +34,22 @@ class Fold:
     test_target: np.ndarray
 
 
+@dataclass(frozen=True)
+class Arm:
+    """One (model, representation) to train and rank on every fold.
+
+    ``item_encoder`` is a ``train.encoders.build_item_encoder`` kind; ``feature_set`` names the
+    matrix in the ``features`` mapping given to ``fit_and_rank_arms`` (None for ID-only encoders);
+    ``encoder_kwargs`` are passed on to the encoder builder.
+    """
+
+    name: str
+    model: str
+    item_encoder: str = "id"
+    feature_set: str | None = None
+    encoder_kwargs: dict | None = None
+
+
 def fit_and_rank(
     *,
     model: str,
@@ -43,12 +65,45 @@ def fit_and_rank(
     max_failures: int = 1,
     fail_once_marker: str | None = None,
 ) -> dict[str, np.ndarray]:
-    """Run the protocol for one model on Ray Train; returns test ranks per fold label.
+    """Run the protocol for one model and representation; returns test ranks per fold label."""
+    arm = Arm(run_name, model, item_encoder, "features" if features is not None else None)
+    out = fit_and_rank_arms(
+        arms=[arm],
+        n_items=n_items,
+        history_len=history_len,
+        folds=folds,
+        model_cfg=model_cfg,
+        train_cfg=train_cfg,
+        storage_path=storage_path,
+        run_name=run_name,
+        features={"features": features} if features is not None else None,
+        max_failures=max_failures,
+        fail_once_marker=fail_once_marker,
+    )
+    return out[arm.name]
 
-    Rerunning with the same ``storage_path`` and ``run_name`` resumes from the latest checkpoint
-    (Ray Train restores it into the new run); a finished run is read back without training. A worker
-    that dies is restarted up to ``max_failures`` times and continues from the latest checkpoint
-    (``fail_once_marker``: a path; the first worker to finish a fold's test exits once, for tests).
+
+def fit_and_rank_arms(
+    *,
+    arms: list[Arm],
+    n_items: int,
+    history_len: int,
+    folds: list[Fold],
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    storage_path: str,
+    run_name: str,
+    features: dict[str, np.ndarray] | None = None,
+    max_failures: int = 1,
+    fail_once_marker: str | None = None,
+) -> dict[str, dict[str, np.ndarray]]:
+    """Run the protocol for every arm in one TorchTrainer; returns test ranks per arm, per fold label.
+
+    Rerunning with the same ``storage_path``, ``run_name`` and arms resumes from the latest
+    checkpoint (Ray Train restores it into the new run); a finished run is read back without
+    training. A worker that dies is restarted up to ``max_failures`` times and continues from the
+    latest checkpoint (``fail_once_marker``: a path; the first worker to finish a fold's test exits
+    once, for tests).
     """
     import ray
     import ray.train
@@ -56,13 +111,15 @@ def fit_and_rank(
 
     if not Path(storage_path).is_absolute():
         raise ValueError(f"storage_path must be absolute, got {storage_path!r}")
+    names = [a.name for a in arms]
+    if len(set(names)) != len(names):
+        raise ValueError(f"arm names must be unique, got {names}")
+    features = features or {}
+    for a in arms:
+        if a.feature_set is not None and a.feature_set not in features:
+            raise ValueError(f"arm {a.name!r} needs feature set {a.feature_set!r}, which was not given")
     # from_numpy's column is "data"; renaming would add a task-based operator that cannot be
     # scheduled while the training workers hold every CPU of a small cluster.
-    # Each epoch re-reads a small in-memory dataset: progress bars and plan printouts per epoch are noise
-    # next to the loop's own per-epoch line.
-    ctx = ray.data.DataContext.get_current()
-    saved = (ctx.enable_progress_bars, ctx.print_on_execution_start)
-    ctx.enable_progress_bars = ctx.print_on_execution_start = False
     datasets = {}
     for i, f in enumerate(folds):
         datasets[f"fit_{i}"] = ray.data.from_numpy(f.fit)
@@ -77,15 +134,24 @@ def fit_and_rank(
         }
         for f in folds
     ]
+    used = {a.feature_set for a in arms if a.feature_set is not None}
     config = {
-        "model": model,
-        "item_encoder": item_encoder,
+        "arms": [
+            {
+                "name": a.name,
+                "model": a.model,
+                "item_encoder": a.item_encoder,
+                "feature_set": a.feature_set,
+                "encoder_kwargs": a.encoder_kwargs or {},
+            }
+            for a in arms
+        ],
         "model_cfg": model_cfg.model_dump(),
         "train_cfg": train_cfg.model_dump(),
         "n_items": n_items,
         "history_len": history_len,
         "folds": fold_cfg,
-        "features": ray.put(features.astype(np.float32)) if features is not None else None,
+        "features": {k: ray.put(np.ascontiguousarray(features[k], dtype=np.float32)) for k in sorted(used)},
         "tag": run_name,
         "fail_once_marker": fail_once_marker,
     }
@@ -107,23 +173,53 @@ def fit_and_rank(
         ),
         datasets=datasets,
     )
-    try:
+    with _quiet_ray_data():
         result = trainer.fit()
-    finally:
-        ctx.enable_progress_bars, ctx.print_on_execution_start = saved
     if result.checkpoint is None:
         raise RuntimeError(f"training run {run_name!r} ended without a checkpoint: {result.error}")
-    return read_results(result.checkpoint, [f.label for f in folds], run_name)
+    return read_results(result.checkpoint, names, [f.label for f in folds], run_name)
 
 
-def read_results(checkpoint, labels: list[str], run_name: str) -> dict[str, np.ndarray]:
-    """Test ranks per fold from a finished run's last checkpoint; every fold must be present."""
+_quiet_lock = threading.Lock()
+_quiet_depth = 0
+_quiet_saved: tuple[bool, bool] = (True, True)
+
+
+@contextlib.contextmanager
+def _quiet_ray_data():
+    """No Ray Data progress bars or plan printouts while trainers run (several may run in threads).
+
+    Each epoch re-reads small in-memory datasets: their progress bars are noise next to the loop's own
+    lines. The driver's settings come back when the last trainer finishes.
+    """
+    import ray
+
+    global _quiet_depth, _quiet_saved
+    ctx = ray.data.DataContext.get_current()
+    with _quiet_lock:
+        if _quiet_depth == 0:
+            _quiet_saved = (ctx.enable_progress_bars, ctx.print_on_execution_start)
+            ctx.enable_progress_bars = ctx.print_on_execution_start = False
+        _quiet_depth += 1
+    try:
+        yield
+    finally:
+        with _quiet_lock:
+            _quiet_depth -= 1
+            if _quiet_depth == 0:
+                ctx.enable_progress_bars, ctx.print_on_execution_start = _quiet_saved
+
+
+def read_results(
+    checkpoint, arms: list[str], labels: list[str], run_name: str
+) -> dict[str, dict[str, np.ndarray]]:
+    """Test ranks per arm and fold from a finished run's last checkpoint; every one must be present."""
     import torch
 
     with checkpoint.as_directory() as d:
         saved = torch.load(Path(d) / STATE_FILE, weights_only=True)
     results = {k: v.numpy() for k, v in saved["results"].items()}
-    missing = [label for label in labels if label not in results]
+    missing = [result_key(a, lb) for a in arms for lb in labels if result_key(a, lb) not in results]
     if missing:
         raise RuntimeError(f"training run {run_name!r} finished without test ranks for {missing}")
-    return results
+    return {a: {lb: results[result_key(a, lb)] for lb in labels} for a in arms}

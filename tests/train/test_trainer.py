@@ -10,7 +10,7 @@ import torch
 
 from train.config import ModelConfig, TrainConfig
 from train.loop import STATE_FILE
-from train.trainer import Fold, fit_and_rank
+from train.trainer import Arm, Fold, fit_and_rank, fit_and_rank_arms
 
 pytestmark = pytest.mark.integration
 N, L = 40, 5
@@ -51,7 +51,7 @@ def test_fit_and_rank_kill_and_resume(ray_local, tmp_path):
         (p for p in (tmp_path / "r").glob("checkpoint_*") if p.is_dir()), key=lambda p: p.stat().st_mtime
     )
     progress = torch.load(latest / STATE_FILE, weights_only=True)["progress"]
-    assert progress["resumes"] == 1 and progress["fold"] == 2  # continued from the checkpoint
+    assert progress["resumes"] == 1 and progress["arm"] == 1  # continued from the checkpoint to the end
     assert set(ranks) == {"day0", "day1"}
     for f in folds:
         r = ranks[f.label]
@@ -71,6 +71,44 @@ def test_relative_storage_path_is_refused(tmp_path):
             folds=[],
             train_cfg=TCFG,
             storage_path="rel",
+            run_name="x",
+            **CFG,
+        )
+
+
+def test_arms_share_one_trainer(ray_local, tmp_path):
+    """Two models and two representations in one TorchTrainer: every arm ranks every fold."""
+    folds = _folds(np.random.default_rng(1))
+    feats = np.random.default_rng(2).normal(size=(N + 1, 8)).astype(np.float32)
+    arms = [
+        Arm("sasrec__id", "sasrec"),
+        Arm("two-tower__f", "two-tower", "feature", "f"),
+        Arm("sasrec__id+f", "sasrec", "fusion", "f"),
+    ]
+    tcfg = TCFG.model_copy(update={"num_workers": 1, "epochs_max": 2, "progress": "fold"})
+    out = fit_and_rank_arms(
+        arms=arms,
+        folds=folds,
+        train_cfg=tcfg,
+        storage_path=str(tmp_path),
+        run_name="a",
+        features={"f": feats},
+        **CFG,
+    )
+    assert set(out) == {a.name for a in arms}
+    for ranks in out.values():
+        assert set(ranks) == {"day0", "day1"}
+        assert all(len(ranks[f.label]) == len(f.test_target) for f in folds)
+    assert (out["sasrec__id"]["day0"] <= 10).mean() > 0.5
+
+
+def test_arm_without_its_features_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="feature set 'f'"):
+        fit_and_rank_arms(
+            arms=[Arm("x", "sasrec", "feature", "f")],
+            folds=[],
+            train_cfg=TCFG,
+            storage_path=str(tmp_path),
             run_name="x",
             **CFG,
         )
