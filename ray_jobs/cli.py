@@ -1,9 +1,14 @@
 """The `seewhy` console script: one entry point, one subcommand per job.
 
+seewhy demo [--size small|medium] [--out DIR]      the whole system offline on a generated demo world
 seewhy run --config X.yaml [--set a.b=c ...]      the evaluation protocol end to end
 seewhy report RUN_DIR                              re-render report.md / summary.csv / plots
 seewhy generate OUT_DIR [--preset small]           write a synthetic MicroLens-format log
 seewhy featurize --config X.yaml [--set ...]       videos -> caption and feature stores
+seewhy tune --config X.yaml [--set ...]            Ray Tune sweep: representations x models x seeds
+seewhy submit [--address URL] -- <subcommand ...>  run a subcommand on a Ray cluster (Ray Jobs)
+seewhy submit --status|--logs|--stop ID            a submitted job's status, logs; stop it
+seewhy plan --config X.yaml [--cluster C.yaml]     resources, memory and time of a job, no model loaded
 """
 
 from __future__ import annotations
@@ -13,7 +18,9 @@ import os
 import sys
 from pathlib import Path
 
-RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}
+# RAY_TRAIN_ENABLE_PRINT_PATCH=0: Ray Train V2 otherwise sends a worker's print() both to stdout and
+# to its logger, so every progress line of the training loop reached the console twice.
+RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
 
 
 def _init_ray(
@@ -50,10 +57,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ray_jobs.config import load_config
     from ray_jobs.protocol import run
 
-    cfg = load_config(args.config, args.set)
+    return _run_and_report(load_config(args.config, args.set), run)
+
+
+def _run_and_report(cfg, job) -> int:
+    """Start Ray as the run config says, run ``job(cfg)`` and print where its report is."""
     _init_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.object_store_mb, cfg.ray.dashboard)
-    run_dir = run(cfg)
+    run_dir = job(cfg)
     print(f"report: {run_dir / 'report.md'}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import time
+
+    from ray_jobs.demo import run_demo
+
+    t0 = time.perf_counter()
+    _init_ray(None, args.num_cpus, None)
+    res = run_demo(args.size, args.out, args.seed, args.set)
+    steps = ", ".join(f"{k} {v:.0f}s" for k, v in res.step_s.items())
+    print(f"demo finished in {time.perf_counter() - t0:.0f}s ({steps})")
+    print(f"report:  {res.report}")
+    print(f"plots:   {res.run_dir / 'plots'}")
+    print(f"browser: {res.browser}")
     return 0
 
 
@@ -104,6 +131,41 @@ def cmd_featurize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from ray_jobs.tune import load_tune_config, run_sweep
+
+    return _run_and_report(load_tune_config(args.config, args.set), run_sweep)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from ray_jobs import submit as S
+
+    cli_args = args.args[1:] if args.args[:1] == ["--"] else args.args
+    try:
+        if args.stop or args.status or args.logs:
+            if cli_args:
+                raise ValueError("--status/--logs/--stop take a job id, not a subcommand after `--`")
+            if args.stop:
+                return S.stop(args.stop, args.address)
+            if args.status:
+                return S.status(args.status, args.address)
+            return S.logs(args.logs, args.address, follow_logs=not args.no_wait)
+        pip = [*args.pip, *(S.pinned_requirements(extras=["gpu"]) if args.pip_pinned else [])]
+        env = S.parse_env(args.env)
+        return S.submit(cli_args, args.address, env, pip, args.python, args.submission_id, not args.no_wait)
+    except (ConnectionError, RuntimeError) as e:  # cluster unreachable, unknown job id
+        print(f"seewhy: error: {e}", file=sys.stderr)
+        return 2
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from ray_jobs.plan import cluster_from_args, make_plan
+
+    cluster = cluster_from_args(args.cluster, args.gpus, args.cpus, args.gpu_mem_gb, args.nodes)
+    print(make_plan(args.config, args.set, cluster, args.n_items, args.rate).markdown())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="seewhy", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -116,6 +178,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a key (repeatable)"
     )
     r.set_defaults(fn=cmd_run)
+
+    d = sub.add_parser("demo", help="generate -> featurize -> train -> report, offline, on a demo world")
+    d.add_argument("--size", choices=["tiny", "small", "medium"], default="medium", help="demo world size")
+    d.add_argument("--out", default="demo-out", help="output folder (world, stores, run)")
+    d.add_argument("--seed", type=int, default=0, help="seed of the demo world")
+    d.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
+    d.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a run-config key"
+    )
+    d.set_defaults(fn=cmd_demo)
 
     rep = sub.add_parser("report", help="re-render the report of a finished run folder")
     rep.add_argument("run_dir")
@@ -135,6 +207,51 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--address", default=None, help="Ray cluster address ('auto'); default: a local Ray")
     f.add_argument("--overwrite", action="store_true", help="clear stores written with another configuration")
     f.set_defaults(fn=cmd_featurize)
+
+    t = sub.add_parser("tune", help="Ray Tune sweep of the protocol over representations x models x seeds")
+    t.add_argument("--config", required=True, help="YAML preset, e.g. ray_jobs/configs/tune_demo.yaml")
+    t.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a key (repeatable)"
+    )
+    t.set_defaults(fn=cmd_tune)
+
+    s = sub.add_parser("submit", help="run a seewhy subcommand on a Ray cluster through Ray Job Submission")
+    s.add_argument(
+        "--address", default=None, help="job API (default: $RAY_ADDRESS, else http://127.0.0.1:8265)"
+    )
+    s.add_argument(
+        "--no-wait", action="store_true", help="return after submitting (--logs: print, don't follow)"
+    )
+    s.add_argument("--status", metavar="ID", help="print a job's status")
+    s.add_argument("--logs", metavar="ID", help="stream a job's logs until it ends")
+    s.add_argument("--stop", metavar="ID", help="stop a job and wait until it has ended")
+    s.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="job env var (repeatable)")
+    s.add_argument("--pip", action="append", default=[], metavar="SPEC", help="pip requirement for the job")
+    s.add_argument("--pip-pinned", action="store_true", help="install seewhy[gpu]'s pinned deps in the job")
+    s.add_argument("--python", default="python", help="python on the cluster's PATH that runs the job")
+    s.add_argument("--submission-id", default=None, help="job id to use (default: Ray's)")
+    s.add_argument("args", nargs=argparse.REMAINDER, help="-- then the seewhy subcommand and its arguments")
+    s.set_defaults(fn=cmd_submit)
+
+    pl = sub.add_parser("plan", help="resolve a featurize/run config into stages, resources, memory and time")
+    pl.add_argument("--config", required=True)
+    pl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    pl.add_argument(
+        "--cluster", default=None, help="Ray cluster launcher YAML, e.g. ray_jobs/configs/cluster.yaml"
+    )
+    pl.add_argument("--gpus", type=int, default=None, help="GPUs per node (instead of --cluster)")
+    pl.add_argument("--cpus", type=int, default=None, help="CPUs per node (instead of --cluster)")
+    pl.add_argument("--gpu-mem-gb", type=float, default=None, help="memory of one GPU, GiB")
+    pl.add_argument("--nodes", type=int, default=1, help="nodes of that shape (instead of --cluster)")
+    pl.add_argument("--n-items", type=int, default=None, help="catalogue size (default: MicroLens-100K's)")
+    pl.add_argument(
+        "--rate",
+        action="append",
+        default=[],
+        metavar="STAGE=CLIPS_PER_S",
+        help="replace an assumed per-replica throughput, e.g. vlm=3.2 (repeatable)",
+    )
+    pl.set_defaults(fn=cmd_plan)
     return p
 
 
