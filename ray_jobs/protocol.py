@@ -207,7 +207,7 @@ def representation(rep: str) -> tuple[str, str | None]:
 def load_features(cfg: RunConfig, feature_set: str, item_ids: np.ndarray) -> tuple[np.ndarray, dict]:
     """Feature matrix [n_items + 1, d] (row 0 = padding, zeros where an item has no ok vector)."""
     from featurize.refs import parse_ref
-    from featurize.stores import FeatureStore
+    from featurize.stores import CaptionStore, FeatureStore
 
     if not cfg.data.features_root:
         raise ValueError(f"representation {feature_set!r} needs data.features_root (a featurize store root)")
@@ -225,8 +225,18 @@ def load_features(cfg: RunConfig, feature_set: str, item_ids: np.ndarray) -> tup
             f"feature set {feature_set!r}: {n_layers} layers x layer_dim {layer_dim} != width {matrix.shape[1]}"
         )
     models = manifest.get("models", [])
-    entries = list(models.values()) if isinstance(models, dict) else list(models)
-    refs = [str(m.get("ref") or m.get("reference") or "") if isinstance(m, dict) else str(m) for m in entries]
+    refs = _model_refs(models)
+    # A text feature set inherits the models of the caption stores its text came from (its manifest's
+    # "sources"): MiniLM over captions of a tiny: VLM is a stand-in row too.
+    for src in (manifest.get("sources") or {}).values():
+        if isinstance(src, dict) and src.get("store"):
+            caption = CaptionStore(cfg.data.features_root, src["store"]).manifest()
+            if caption is None:
+                raise ValueError(
+                    f"feature set {feature_set!r} was made from caption store {src['store']!r}, "
+                    f"which has no manifest under {cfg.data.features_root}"
+                )
+            refs += _model_refs(caption.get("models", []))
     for r in refs:
         parse_ref(r)  # a store whose manifest names no valid model reference is not trusted silently
     stand_in = any(parse_ref(r).is_stand_in for r in refs)
@@ -237,7 +247,7 @@ def load_features(cfg: RunConfig, feature_set: str, item_ids: np.ndarray) -> tup
         "n_missing": int((~ok).sum()),
         "n_layers": n_layers,
         "stand_in": stand_in,
-        "models": models,
+        "models": sorted(set(refs)),
     }
     if (~ok).any():
         log(f"{feature_set}: {int((~ok).sum())} of {len(ok)} items have no vector; they get zeros")
@@ -281,7 +291,8 @@ def run(cfg: RunConfig) -> Path:
             done = _ranks_path(run_dir, model, rep)
             if done.exists():
                 log(f"{model} / {rep}: already finished, reusing {done.name}")
-                frames.append(pd.read_parquet(done))
+                # The stand-in flag follows the stores as they are now, not as they were when trained.
+                frames.append(pd.read_parquet(done).assign(stand_in=stand_ins[rep]))
             else:
                 kw = {"n_layers": features_info[fs]["n_layers"]} if kind.startswith("dff") else None
                 pending.append(Arm(f"{model}__{rep}", model, kind, fs, kw))
@@ -297,6 +308,12 @@ def run(cfg: RunConfig) -> Path:
     )
     log(f"finished in {time.perf_counter() - t0:.0f}s; report: {run_dir / 'report.md'}")
     return run_dir
+
+
+def _model_refs(models) -> list[str]:
+    """Model references of a store manifest's ``models`` (a list or a dict of entries)."""
+    entries = list(models.values()) if isinstance(models, dict) else list(models)
+    return [str(m.get("ref") or m.get("reference") or "") if isinstance(m, dict) else str(m) for m in entries]
 
 
 def attach_durations(cfg: RunConfig, cases: pd.DataFrame) -> pd.DataFrame:

@@ -49,7 +49,7 @@ def test_small_demo_end_to_end_then_rerun_does_no_work(ray_local, tmp_path, caps
             assert runs[(model, fs)] == tiny, (model, fs)
     assert "duration_s" in cases.columns and cases["duration_s"].between(3, 8).all()
     report = (run_dir / "report.md").read_text()
-    assert "cold-start" in report.lower() and "†" in report
+    assert "## Cold start" in report and "## Clip duration" in report and "†" in report
     assert (run_dir / "plots").is_dir() and any((run_dir / "plots").glob("*.png"))
     page = (run_dir / "browser.html").read_text()
     assert page.count("<section>") >= 20 and "data:image/jpeg;base64," in page
