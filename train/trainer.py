@@ -118,62 +118,65 @@ def fit_and_rank_arms(
     for a in arms:
         if a.feature_set is not None and a.feature_set not in features:
             raise ValueError(f"arm {a.name!r} needs feature set {a.feature_set!r}, which was not given")
-    # from_numpy's column is "data"; renaming would add a task-based operator that cannot be
-    # scheduled while the training workers hold every CPU of a small cluster.
-    datasets = {}
-    for i, f in enumerate(folds):
-        datasets[f"fit_{i}"] = ray.data.from_numpy(f.fit)
-        datasets[f"refit_{i}"] = ray.data.from_numpy(f.refit)
-    fold_cfg = [
-        {
-            "label": f.label,
-            "valid_hist": f.valid_hist,
-            "valid_target": f.valid_target,
-            "test_hist": f.test_hist,
-            "test_target": f.test_target,
-        }
-        for f in folds
-    ]
-    used = {a.feature_set for a in arms if a.feature_set is not None}
-    config = {
-        "arms": [
-            {
-                "name": a.name,
-                "model": a.model,
-                "item_encoder": a.item_encoder,
-                "feature_set": a.feature_set,
-                "encoder_kwargs": a.encoder_kwargs or {},
-            }
-            for a in arms
-        ],
-        "model_cfg": model_cfg.model_dump(),
-        "train_cfg": train_cfg.model_dump(),
-        "n_items": n_items,
-        "history_len": history_len,
-        "folds": fold_cfg,
-        "features": {k: ray.put(np.ascontiguousarray(features[k], dtype=np.float32)) for k in sorted(used)},
-        "tag": run_name,
-        "fail_once_marker": fail_once_marker,
-    }
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=config,
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=train_cfg.num_workers,
-            use_gpu=train_cfg.use_gpu,
-            resources_per_worker={"CPU": train_cfg.cpus_per_worker},
-        ),
-        run_config=ray.train.RunConfig(
-            name=run_name,
-            storage_path=storage_path,
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            failure_config=ray.train.FailureConfig(max_failures=max_failures),
-            # Per-epoch progress comes from the loop's own lines; Ray Train's INFO lines drown them.
-            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
-        ),
-        datasets=datasets,
-    )
+    # Datasets made inside: their split coordinators take the quiet settings with them.
     with _quiet_ray_data():
+        # from_numpy's column is "data"; renaming would add a task-based operator that cannot be
+        # scheduled while the training workers hold every CPU of a small cluster.
+        datasets = {}
+        for i, f in enumerate(folds):
+            datasets[f"fit_{i}"] = ray.data.from_numpy(f.fit)
+            datasets[f"refit_{i}"] = ray.data.from_numpy(f.refit)
+        fold_cfg = [
+            {
+                "label": f.label,
+                "valid_hist": f.valid_hist,
+                "valid_target": f.valid_target,
+                "test_hist": f.test_hist,
+                "test_target": f.test_target,
+            }
+            for f in folds
+        ]
+        used = {a.feature_set for a in arms if a.feature_set is not None}
+        config = {
+            "arms": [
+                {
+                    "name": a.name,
+                    "model": a.model,
+                    "item_encoder": a.item_encoder,
+                    "feature_set": a.feature_set,
+                    "encoder_kwargs": a.encoder_kwargs or {},
+                }
+                for a in arms
+            ],
+            "model_cfg": model_cfg.model_dump(),
+            "train_cfg": train_cfg.model_dump(),
+            "n_items": n_items,
+            "history_len": history_len,
+            "folds": fold_cfg,
+            "features": {
+                k: ray.put(np.ascontiguousarray(features[k], dtype=np.float32)) for k in sorted(used)
+            },
+            "tag": run_name,
+            "fail_once_marker": fail_once_marker,
+        }
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config=config,
+            scaling_config=ray.train.ScalingConfig(
+                num_workers=train_cfg.num_workers,
+                use_gpu=train_cfg.use_gpu,
+                resources_per_worker={"CPU": train_cfg.cpus_per_worker},
+            ),
+            run_config=ray.train.RunConfig(
+                name=run_name,
+                storage_path=storage_path,
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+                failure_config=ray.train.FailureConfig(max_failures=max_failures),
+                # Per-epoch progress comes from the loop's own lines; Ray Train's INFO lines drown them.
+                logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+            ),
+            datasets=datasets,
+        )
         result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"training run {run_name!r} ended without a checkpoint: {result.error}")
