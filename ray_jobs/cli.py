@@ -166,6 +166,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_args(parser: argparse.ArgumentParser, example: str) -> None:
+    """The ``--config`` preset and repeatable ``--set`` overrides of a config-driven subcommand."""
+    parser.add_argument("--config", required=True, help=f"YAML preset, e.g. {example}")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a key (repeatable)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="seewhy", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -173,10 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="run the evaluation protocol end to end and write a run folder")
-    r.add_argument("--config", required=True, help="YAML preset, e.g. ray_jobs/configs/quickstart.yaml")
-    r.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a key (repeatable)"
-    )
+    _config_args(r, "ray_jobs/configs/quickstart.yaml")
     r.set_defaults(fn=cmd_run)
 
     d = sub.add_parser("demo", help="generate -> featurize -> train -> report, offline, on a demo world")
@@ -209,10 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.set_defaults(fn=cmd_featurize)
 
     t = sub.add_parser("tune", help="Ray Tune sweep of the protocol over representations x models x seeds")
-    t.add_argument("--config", required=True, help="YAML preset, e.g. ray_jobs/configs/tune_demo.yaml")
-    t.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a key (repeatable)"
-    )
+    _config_args(t, "ray_jobs/configs/tune_demo.yaml")
     t.set_defaults(fn=cmd_tune)
 
     s = sub.add_parser("submit", help="run a seewhy subcommand on a Ray cluster through Ray Job Submission")
