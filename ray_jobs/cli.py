@@ -18,39 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-# RAY_TRAIN_ENABLE_PRINT_PATCH=0: Ray Train V2 otherwise sends a worker's print() both to stdout and
-# to its logger, so every progress line of the training loop reached the console twice.
-RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
-
-
-def _init_ray(
-    address: str | None, num_cpus: int | None, object_store_mb: int | None, dashboard: bool = True
-) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    # Ray Train's controller collects each worker's report on its health-check tick (2 s by default),
-    # and a report blocks until the previous one is collected: per-epoch checkpoints on small logs
-    # would spend most of their time waiting. A quarter second keeps epochs cheap.
-    env = {k: os.environ.get(k, v) for k, v in RAY_ENV.items()}
-    os.environ.update(env)  # a local Ray started here inherits it
-    # The dashboard also serves the state API that Ray Train's placement-group cleaner polls; it
-    # listens on 127.0.0.1 only (DESIGN.md: failure and input rules).
-    kwargs: dict = {
-        "include_dashboard": dashboard,
-        "dashboard_host": "127.0.0.1",
-        "configure_logging": False,
-        "runtime_env": {"env_vars": env},
-    }
-    if address:
-        kwargs["address"] = address
-    else:
-        if num_cpus:
-            kwargs["num_cpus"] = num_cpus
-        if object_store_mb:
-            kwargs["object_store_memory"] = object_store_mb * 1024**2
-    ray.init(**kwargs)
+from ray_jobs.runtime import init_ray
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -62,7 +30,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _run_and_report(cfg, job) -> int:
     """Start Ray as the run config says, run ``job(cfg)`` and print where its report is."""
-    _init_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.object_store_mb, cfg.ray.dashboard)
+    init_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.object_store_mb, cfg.ray.dashboard)
     run_dir = job(cfg)
     print(f"report: {run_dir / 'report.md'}")
     return 0
@@ -71,10 +39,10 @@ def _run_and_report(cfg, job) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     import time
 
-    from ray_jobs.demo import run_demo
+    from ray_jobs.demo.recipe import run_demo
 
     t0 = time.perf_counter()
-    _init_ray(None, args.num_cpus, None)
+    init_ray(None, args.num_cpus, None)
     res = run_demo(args.size, args.out, args.seed, args.set)
     steps = ", ".join(f"{k} {v:.0f}s" for k, v in res.step_s.items())
     print(f"demo finished in {time.perf_counter() - t0:.0f}s ({steps})")
@@ -124,7 +92,7 @@ def cmd_featurize(args: argparse.Namespace) -> int:
         tree["overwrite"] = True
     # Relative paths resolve against the working directory, as in `seewhy run`.
     cfg = validate(FeaturizeConfig, tree, args.config, context={"base_dir": str(Path.cwd())})
-    _init_ray(args.address, args.num_cpus, None)
+    init_ray(args.address, args.num_cpus, None)
     result = run_featurize(cfg)
     print(result.table())
     print(f"stores: {cfg.store_root}")
@@ -159,10 +127,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from ray_jobs.plan import cluster_from_args, make_plan
+    from ray_jobs.estimate import cluster_from_args, make_estimate
 
     cluster = cluster_from_args(args.cluster, args.gpus, args.cpus, args.gpu_mem_gb, args.nodes)
-    print(make_plan(args.config, args.set, cluster, args.n_items, args.rate).markdown())
+    print(make_estimate(args.config, args.set, cluster, args.n_items, args.rate).markdown())
     return 0
 
 
@@ -238,9 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plan", help="resolve a featurize/run config into stages, resources, memory and time")
     pl.add_argument("--config", required=True)
     pl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    pl.add_argument(
-        "--cluster", default=None, help="Ray cluster launcher YAML, e.g. ray_jobs/configs/cluster.yaml"
-    )
+    pl.add_argument("--cluster", default=None, help="Ray cluster launcher YAML, e.g. cluster.yaml")
     pl.add_argument("--gpus", type=int, default=None, help="GPUs per node (instead of --cluster)")
     pl.add_argument("--cpus", type=int, default=None, help="CPUs per node (instead of --cluster)")
     pl.add_argument("--gpu-mem-gb", type=float, default=None, help="memory of one GPU, GiB")

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from ray_jobs.cli import RAY_ENV
+from ray_jobs.runtime import RAY_ENV
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from ray_jobs.cli import main
-from ray_jobs.demo_world import DemoWorldConfig, build_world
+from ray_jobs.demo.world import DemoWorldConfig, build_world
 
 pytestmark = pytest.mark.integration
 

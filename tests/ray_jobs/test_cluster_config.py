@@ -15,7 +15,7 @@ import jsonschema
 import pytest
 import yaml
 
-CLUSTER = Path(__file__).parents[2] / "ray_jobs" / "configs" / "cluster.yaml"
+CLUSTER = Path(__file__).parents[2] / "cluster.yaml"
 
 
 def _validate(cfg: dict) -> dict:

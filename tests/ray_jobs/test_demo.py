@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from ray_jobs.cli import main
-from ray_jobs.demo import ROWS
+from ray_jobs.demo.recipe import ROWS
 
 pytestmark = pytest.mark.integration
 

@@ -9,16 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from ray_jobs.plan import MODEL_SIZES, cluster_from_args, cluster_from_yaml, make_plan, parse_rates
-from ray_jobs.plan_featurize import visual_tokens
+from ray_jobs.estimate import MODEL_SIZES, cluster_from_args, cluster_from_yaml, make_estimate, parse_rates
+from ray_jobs.estimate.featurize import visual_tokens
 
 CONFIGS = Path(__file__).parents[2] / "ray_jobs" / "configs"
 PAPER = CONFIGS / "paper"
-CLUSTER = CONFIGS / "cluster.yaml"
+CLUSTER = Path(__file__).parents[2] / "cluster.yaml"
 
 
 def test_plan_of_paper_featurize_on_the_cluster_yaml():
-    plan = make_plan(PAPER / "featurize.yaml", cluster=cluster_from_yaml(CLUSTER))
+    plan = make_estimate(PAPER / "featurize.yaml", cluster=cluster_from_yaml(CLUSTER))
     text = plan.markdown()
     stages = [r["stage"] for r in plan.tables[0][1]]
     assert stages == ["decode", "vlm", "asr", "events", "audio_lm", "videomae", "clap", "embed:bge-large"]
@@ -34,8 +34,8 @@ def test_plan_of_paper_featurize_on_the_cluster_yaml():
 
 def test_planning_imports_no_model_library():
     code = (
-        "import sys; from ray_jobs.plan import make_plan; "
-        f"make_plan({str(PAPER / 'featurize.yaml')!r}).markdown(); "
+        "import sys; from ray_jobs.estimate import make_estimate; "
+        f"make_estimate({str(PAPER / 'featurize.yaml')!r}).markdown(); "
         "heavy = ('torch', 'vllm', 'faster_whisper', 'sentence_transformers', 'transformers', 'av'); "
         "print(sorted({m.split('.')[0] for m in sys.modules} & set(heavy)))"
     )
@@ -45,27 +45,27 @@ def test_planning_imports_no_model_library():
 
 @pytest.mark.parametrize("name", sorted(p.name for p in PAPER.glob("*.yaml")))
 def test_every_paper_preset_has_a_full_plan(name):
-    text = make_plan(PAPER / name, cluster=cluster_from_yaml(CLUSTER)).markdown()
+    text = make_estimate(PAPER / name, cluster=cluster_from_yaml(CLUSTER)).markdown()
     assert "## Totals" in text and "## Warnings" in text
     assert not re.search(r"(wall time|time bound) \| unknown", text)
 
 
 def test_run_and_tune_plans_count_trainings():
-    t1 = make_plan(PAPER / "table1.yaml", cluster=cluster_from_yaml(CLUSTER))
+    t1 = make_estimate(PAPER / "table1.yaml", cluster=cluster_from_yaml(CLUSTER))
     assert len(t1.tables[0][1]) == 2 * 7  # two models x seven representations, each over 7 folds
     assert {r["folds"] for r in t1.tables[0][1]} == {7}
-    t2 = make_plan(PAPER / "table2.yaml", cluster=cluster_from_yaml(CLUSTER)).markdown()
+    t2 = make_estimate(PAPER / "table2.yaml", cluster=cluster_from_yaml(CLUSTER)).markdown()
     assert "| trainings | 9 (3 model x representation, 3 seed(s)) |" in t2
     assert "| in parallel | 8 |" in t2  # one GPU per trial, 8 GPU nodes
 
 
 def test_warnings_when_the_cluster_cannot_run_it():
     small = cluster_from_args(None, gpus=1, cpus=8, gpu_mem_gb=16, nodes=1)
-    plan = make_plan(PAPER / "featurize.yaml", cluster=small, n_items=1000)
+    plan = make_estimate(PAPER / "featurize.yaml", cluster=small, n_items=1000)
     text = "\n".join(plan.warnings)
     assert "minimum actors need 2.75 GPUs together" in text
     assert re.search(r"audio_lm: .*needs 17\.6 GiB .* vLLM may use 14\.4 GiB", text)
-    plan = make_plan(
+    plan = make_estimate(
         PAPER / "featurize.yaml",
         ["vlm.tensor_parallel_size=2", "resources.asr.num_cpus=32", "vlm.max_model_len=1024"],
         cluster_from_args(None, gpus=1, cpus=16, gpu_mem_gb=80, nodes=8),
@@ -74,7 +74,9 @@ def test_warnings_when_the_cluster_cannot_run_it():
     assert "vlm: tensor_parallel_size 2 but the actor reserves 1 GPU(s)" in text
     assert "asr: an actor needs 32 CPUs; the largest node has 16" in text
     assert re.search(r"vlm: ~\d+ tokens per request exceed max_model_len 1024", text)
-    run = make_plan(PAPER / "table1.yaml", cluster=cluster_from_args(None, gpus=0, cpus=2, gpu_mem_gb=None))
+    run = make_estimate(
+        PAPER / "table1.yaml", cluster=cluster_from_args(None, gpus=0, cpus=2, gpu_mem_gb=None)
+    )
     assert any("one training needs 1 GPUs; the cluster has 0" in w for w in run.warnings)
 
 
@@ -92,14 +94,14 @@ def test_visual_tokens_follow_the_frame_sampling():
 
 
 def test_unknown_models_and_bad_input_are_named(tmp_path):
-    plan = make_plan(CONFIGS / "featurize" / "offline.yaml", n_items=10)
+    plan = make_estimate(CONFIGS / "featurize" / "offline.yaml", n_items=10)
     vlm = next(r for r in plan.tables[0][1] if r["stage"] == "vlm")
     assert vlm["items/s/actor"] == "unknown" and "tiny:qwen2.5-vl" not in MODEL_SIZES
     assert any("give --rate vlm=ITEMS_PER_S" in n for n in plan.notes)
     with pytest.raises(ValueError, match="expected STAGE=CLIPS_PER_S"):
         parse_rates(["vlm=fast"])
     with pytest.raises(ValueError, match="cluster launcher config: pass it as --cluster"):
-        make_plan(CLUSTER)
+        make_estimate(CLUSTER)
     with pytest.raises(ValueError, match="--gpu-mem-gb is needed"):
         cluster_from_args(None, gpus=1, cpus=8, gpu_mem_gb=None)
     local = tmp_path / "local.yaml"

@@ -23,7 +23,8 @@ import pandas as pd
 import pytest
 
 from ray_jobs import submit as S
-from ray_jobs.cli import RAY_ENV, main
+from ray_jobs.cli import main
+from ray_jobs.runtime import RAY_ENV
 
 VENV_BIN = Path(sys.executable).parent
 

@@ -1,4 +1,4 @@
-"""`seewhy plan`: what a featurize, run or tune config will ask of a cluster, resolved without loading a model.
+"""Shared numbers and types of `seewhy plan` (the estimator): what a featurize, run or tune config will ask of a cluster, resolved without loading a model.
 
 For a featurize config the plan is ``featurize.pipeline.build_plan`` (stage classes and their resources;
 models load only inside actors, so nothing heavy is imported): per stage its actor pool, CPUs and GPUs
@@ -210,7 +210,7 @@ def cluster_from_args(
 
 
 @dataclass
-class Plan:
+class Estimate:
     """A resolved job as tables and notes, rendered by ``markdown``."""
 
     title: str
@@ -260,35 +260,3 @@ def parse_rates(pairs: list[str]) -> dict[str, float]:
                 f"--rate {pair!r}: expected STAGE=CLIPS_PER_S with a positive number, e.g. vlm=2.5"
             )
     return out
-
-
-def make_plan(
-    config: str | Path,
-    overrides: list[str] = (),
-    cluster: Cluster | None = None,
-    n_items: int | None = None,
-    rates: list[str] = (),
-) -> Plan:
-    """Load a featurize, run or tune config (told apart by their keys) and resolve it into a Plan."""
-    from ray_jobs.config import load_tree, validate
-
-    tree = load_tree(config, list(overrides))
-    if "provider" in tree:
-        raise ValueError(
-            f"{config} is a cluster launcher config: pass it as --cluster, with a job's --config"
-        )
-    if "data" in tree:
-        from ray_jobs.plan_run import run_plan
-
-        if "sweep" in tree:
-            from ray_jobs.tune import TuneConfig as model
-        else:
-            from ray_jobs.config import RunConfig as model
-        return run_plan(validate(model, tree, str(config)), str(config), cluster)
-    if "store_root" in tree or "catalog" in tree:
-        from featurize.config import FeaturizeConfig
-        from ray_jobs.plan_featurize import featurize_plan
-
-        cfg = validate(FeaturizeConfig, tree, str(config), context={"base_dir": str(Path.cwd())})
-        return featurize_plan(cfg, str(config), cluster, n_items, parse_rates(list(rates)))
-    raise ValueError(f"{config}: neither a featurize config (store_root, catalog) nor a run config (data)")

