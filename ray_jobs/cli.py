@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from ray_jobs.runtime import init_ray
+from ray_jobs.submit import MAX_UPLOAD_MB
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -120,8 +121,18 @@ def cmd_submit(args: argparse.Namespace) -> int:
             return S.logs(args.logs, args.address, follow_logs=not args.no_wait)
         pip = [*args.pip, *(S.pinned_requirements(extras=["gpu"]) if args.pip_pinned else [])]
         env = S.parse_env(args.env)
-        return S.submit(cli_args, args.address, env, pip, args.python, args.submission_id, not args.no_wait)
-    except (ConnectionError, RuntimeError) as e:  # cluster unreachable, unknown job id
+        return S.submit(
+            cli_args,
+            args.address,
+            env,
+            pip,
+            args.python,
+            args.submission_id,
+            not args.no_wait,
+            max_upload_mb=args.max_upload_mb,
+            check=build_parser().parse_args,
+        )
+    except (ConnectionError, RuntimeError, ValueError) as e:  # unreachable, unknown job, refused upload
         print(f"seewhy: error: {e}", file=sys.stderr)
         return 2
 
@@ -200,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pip-pinned", action="store_true", help="install seewhy[gpu]'s pinned deps in the job")
     s.add_argument("--python", default="python", help="python on the cluster's PATH that runs the job")
     s.add_argument("--submission-id", default=None, help="job id to use (default: Ray's)")
+    s.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=MAX_UPLOAD_MB,
+        help=f"refuse to upload more code than this (default {MAX_UPLOAD_MB:g}; secrets and data never go)",
+    )
     s.add_argument("args", nargs=argparse.REMAINDER, help="-- then the seewhy subcommand and its arguments")
     s.set_defaults(fn=cmd_submit)
 

@@ -19,7 +19,7 @@ import shlex
 import sys
 import time
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -32,12 +32,61 @@ EXCLUDES = (
     ".git/",
     "runs/",
     "demo-out/",
+    "mlruns/",
     "__pycache__/",
     "*.egg-info/",
     ".pytest_cache/",
     ".ruff_cache/",
 )
 """Never uploaded (gitignore syntax, relative to the repo root): environments, outputs, history."""
+SECRETS = (
+    ".env",
+    ".env.*",
+    "*.pem",
+    "*.key",
+    "*.p12",
+    "*.pfx",
+    "id_rsa*",
+    "id_ecdsa*",
+    "id_ed25519*",
+    ".netrc",
+    ".pgpass",
+    ".aws/",
+    ".ssh/",
+    ".gnupg/",
+    ".kube/",
+    ".docker/config.json",
+    "*credentials*.json",
+    ".git-credentials",
+    ".ray-token",
+)
+"""Never uploaded: files that commonly hold secrets, wherever they are in the tree."""
+DATA = (
+    "data/",
+    "videos/",
+    "stores/",
+    "*.mp4",
+    "*.mkv",
+    "*.mov",
+    "*.webm",
+    "*.avi",
+    "*.m4v",
+    "*.ts",
+    "*.wav",
+    "*.flac",
+    "*.mp3",
+    "*.tar",
+    "*.tar.gz",
+    "*.zip",
+    "*.ckpt",
+    "*.safetensors",
+    "*.bin",
+    "*.pt",
+)
+"""Never uploaded: datasets, videos, stores and weights. The cluster reads them from shared storage
+(absolute paths in the config), never from the code upload. The speech assets of the demo are .ogg."""
+MAX_UPLOAD_MB = 50
+"""Refuse an upload bigger than this (``--max-upload-mb``): the code is a few MB; more means data."""
 JOB_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "TOKENIZERS_PARALLELISM": "false",
@@ -78,13 +127,79 @@ def parse_env(pairs: Sequence[str]) -> dict[str, str]:
     return out
 
 
+def check_checkout(root: Path = REPO_ROOT) -> None:
+    """Refuse to upload anything but a seewhy source checkout (not ``site-packages``, not a stray folder)."""
+    pyproject = root / "pyproject.toml"
+    name = None
+    if pyproject.is_file():
+        name = tomllib.loads(pyproject.read_text()).get("project", {}).get("name")
+    if name != "seewhy" or not (root / "ray_jobs" / "cli.py").is_file():
+        raise ValueError(
+            f"{root} is not a seewhy checkout (no pyproject.toml naming project 'seewhy' beside ray_jobs/): "
+            "`seewhy submit` uploads the checkout it runs from; install seewhy editable from a clone "
+            "(`pip install -e .`, as scripts/setup.sh does) and submit from there"
+        )
+
+
+def upload_files(root: Path = REPO_ROOT) -> list[tuple[str, int]]:
+    """The (relative path, size) of every file Ray would upload from ``root``: what ``EXCLUDES``,
+    ``SECRETS``, ``DATA``, ``.gitignore`` and ``.rayignore`` leave. Uses the matcher Ray itself uses,
+    so the list is the upload. A symbolic link is refused: Ray would follow it out of the tree."""
+    from ray._private.thirdparty.pathspec import PathSpec
+
+    patterns = [*EXCLUDES, *SECRETS, *DATA]
+    for ignore in (".gitignore", ".rayignore"):
+        if (root / ignore).is_file():
+            patterns += (root / ignore).read_text().splitlines()
+    spec = PathSpec.from_lines("gitwildmatch", patterns)
+    files = []
+    for here, dirs, names in os.walk(root):
+        rel_dir = Path(here).relative_to(root)
+        dirs[:] = [d for d in sorted(dirs) if not spec.match_file(f"{rel_dir / d}/")]
+        for name in sorted(names):
+            rel = rel_dir / name
+            if spec.match_file(str(rel)):
+                continue
+            path = root / rel
+            if path.is_symlink():
+                raise ValueError(
+                    f"{path} is a symbolic link (to {os.readlink(path)}): `seewhy submit` would upload what "
+                    "it points to; remove it, or add it to .rayignore"
+                )
+            files.append((str(rel), path.stat().st_size))
+        for d in dirs:
+            if (root / rel_dir / d).is_symlink():
+                raise ValueError(
+                    f"{root / rel_dir / d} is a symbolic link to a folder: `seewhy submit` would upload "
+                    "what it points to; remove it, or add it to .rayignore"
+                )
+    return files
+
+
+def check_upload(root: Path = REPO_ROOT, max_mb: float = MAX_UPLOAD_MB) -> int:
+    """Refuse a working dir that is not a checkout, or whose upload is over ``max_mb``; its size in bytes."""
+    check_checkout(root)
+    files = upload_files(root)
+    total = sum(size for _, size in files)
+    if total > max_mb * 2**20:
+        biggest = ", ".join(
+            f"{rel} ({size / 2**20:.1f} MB)" for rel, size in sorted(files, key=lambda f: -f[1])[:5]
+        )
+        raise ValueError(
+            f"the upload of {root} would be {total / 2**20:.1f} MB, over --max-upload-mb {max_mb:g}; biggest: "
+            f"{biggest}. Data belongs on shared storage (absolute paths in the config); add such files to "
+            ".rayignore, or raise --max-upload-mb"
+        )
+    return total
+
+
 def runtime_env(
     working_dir: Path = REPO_ROOT, env: dict[str, str] | None = None, pip: Sequence[str] = ()
 ) -> dict[str, Any]:
     """The job's runtime_env: the repo as working_dir, seewhy's env vars (``env`` wins), optional pip deps."""
     out: dict[str, Any] = {
         "working_dir": str(working_dir),
-        "excludes": list(EXCLUDES),
+        "excludes": [*EXCLUDES, *SECRETS, *DATA],
         "env_vars": {**JOB_ENV, **(env or {})},
     }
     if pip:
@@ -92,17 +207,24 @@ def runtime_env(
     return out
 
 
-def entrypoint(args: Sequence[str], python: str = "python", driver_env: dict[str, str] | None = None) -> str:
-    """The shell command the job runs: the seewhy CLI as a module of the uploaded working_dir."""
-    from ray_jobs.cli import build_parser
+def entrypoint(
+    args: Sequence[str],
+    python: str = "python",
+    driver_env: dict[str, str] | None = None,
+    check: Callable[[list[str]], object] | None = None,
+) -> str:
+    """The shell command the job runs: the seewhy CLI as a module of the uploaded working_dir.
 
+    ``check`` parses the arguments here first (the CLI passes its own parser), so a typo fails now,
+    not minutes later on the cluster."""
     if not args:
         raise ValueError("nothing to submit: give the seewhy subcommand after `--`, e.g. `-- run --config X`")
     if args[0] == "submit":
         raise ValueError(
             "`seewhy submit -- submit ...` would submit from inside a job; submit the subcommand itself"
         )
-    build_parser().parse_args(list(args))  # a typo fails here, not minutes later on the cluster
+    if check is not None:
+        check(list(args))
     prefix = ["env", *(f"{k}={v}" for k, v in driver_env.items())] if driver_env else []
     return shlex.join([*prefix, python, "-m", "ray_jobs.cli", *args])
 
@@ -129,18 +251,22 @@ def submit(
     submission_id: str | None = None,
     wait: bool = True,
     out: TextIO | None = None,
+    max_upload_mb: float = MAX_UPLOAD_MB,
+    check: Callable[[list[str]], object] | None = None,
 ) -> int:
     """Submit ``seewhy <cli_args>``; with ``wait``, stream its logs and return its exit status, else 0."""
     out = out or sys.stdout
     env = env or {}
     driver_env = {k: v for k, v in env.items() if k in RAY_ENV}
-    command = entrypoint(cli_args, python, driver_env)
+    command = entrypoint(cli_args, python, driver_env, check)
+    size = check_upload(REPO_ROOT, max_upload_mb)
     jobs = client(address)
     job_env = {k: v for k, v in env.items() if k not in RAY_ENV}
     job_id = jobs.submit_job(
         entrypoint=command, runtime_env=runtime_env(env=job_env, pip=pip), submission_id=submission_id
     )
-    print(f"submitted {job_id}: {command}", file=out, flush=True)
+    print(f"submitted {job_id}: {command}", file=out)
+    print(f"uploaded {size / 2**20:.1f} MB of code (no secrets, data or outputs)", file=out, flush=True)
     if not wait:
         print(f"follow it with: seewhy submit --logs {job_id}  (status: --status, stop: --stop)", file=out)
         return 0

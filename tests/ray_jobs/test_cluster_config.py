@@ -47,10 +47,23 @@ def test_cluster_yaml_validates_against_ray_schema(cluster):
 def test_cluster_yaml_installs_pinned_seewhy_and_binds_dashboard_locally(cluster):
     setup = "\n".join(cluster["setup_commands"])
     assert re.search(r'pip install .*"\$HOME/seewhy\[gpu\]"', setup)
-    assert cluster["file_mounts"] == {"~/seewhy": "."}
+    assert cluster["file_mounts"]["~/seewhy"] == "."
     head = " ".join(cluster["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in head and "--head" in head
     assert "--address=$RAY_HEAD_IP:6379" in " ".join(cluster["worker_start_ray_commands"])
+
+
+def test_cluster_yaml_asks_for_a_token_and_keeps_ssh_to_one_group(cluster):
+    """Token auth on every node (the token file travels with file_mounts), no Ray API on the network,
+    and every node in the user's own security group: Ray's default one opens SSH to 0.0.0.0/0."""
+    assert cluster["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+    assert any("RAY_AUTH_MODE=token" in c for c in cluster["setup_commands"])
+    for cmd in (" ".join(cluster["head_start_ray_commands"]), *cluster["worker_start_ray_commands"][1:]):
+        assert "RAY_AUTH_MODE=token ray start" in cmd
+    assert "--dashboard-host=127.0.0.1" in " ".join(cluster["head_start_ray_commands"])
+    for name, node in cluster["available_node_types"].items():
+        assert node["node_config"].get("SecurityGroupIds") == ["sg-REPLACE-ME"], name
+    assert "--port 22 --cidr" in CLUSTER.read_text()  # how to make that group is written beside it
 
 
 def test_on_prem_variant_in_the_comments_validates(cluster):

@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 
 from ray_jobs import submit as S
-from ray_jobs.cli import main
+from ray_jobs.cli import build_parser, main
 from ray_jobs.runtime import RAY_ENV
 
 VENV_BIN = Path(sys.executable).parent
@@ -113,7 +113,7 @@ def test_bad_submissions_fail_before_contacting_a_cluster():
     with pytest.raises(ValueError, match="inside a job"):
         S.entrypoint(["submit", "--", "report", "x"])
     with pytest.raises(SystemExit):  # argparse: unknown subcommand, caught locally
-        S.entrypoint(["trian", "--config", "x.yaml"])
+        S.entrypoint(["trian", "--config", "x.yaml"], check=build_parser().parse_args)
     with pytest.raises(ValueError, match="expected KEY=VALUE"):
         S.parse_env(["HF_HOME"])
     with pytest.raises(ValueError, match="no optional dependency group 'cuda'"):
@@ -170,3 +170,43 @@ def test_stop_ends_a_long_job(ray_head, tmp_path):
     assert str(client.get_job_status("seewhy-stop-test")) == "STOPPED"
     buf = io.StringIO()
     assert S.status("seewhy-stop-test", ray_head, out=buf) == S.EXIT["STOPPED"]
+
+
+def _checkout(root: Path) -> Path:
+    (root / "ray_jobs").mkdir(parents=True)
+    (root / "ray_jobs" / "cli.py").write_text("")
+    (root / "pyproject.toml").write_text('[project]\nname = "seewhy"\n')
+    return root
+
+
+def test_upload_leaves_out_secrets_data_and_outputs(tmp_path):
+    root = _checkout(tmp_path / "repo")
+    kept = ["ray_jobs/cli.py", "pyproject.toml", "docs/a.md", "featurize/x.py"]
+    left_out = [
+        ".env", ".env.local", "certs/server.pem", "deploy/tls.key", ".aws/credentials", ".ssh/id_ed25519",
+        "home/id_rsa", ".netrc", "data/pairs.csv", "videos/1.mp4", "clips/2.mkv", "weights/m.safetensors",
+        "runs/r/summary.csv", "mlruns/0/meta.yaml", ".venv/bin/python", ".git/config", "secret.txt",
+    ]  # fmt: skip
+    for rel in kept[2:] + left_out:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text("x")
+    (root / ".gitignore").write_text("secret.txt\n")
+    uploaded = {rel for rel, _ in S.upload_files(root)}
+    assert uploaded == {*kept, ".gitignore"}
+    assert S.check_upload(root) == sum(size for _, size in S.upload_files(root))
+    # Ray gets the same patterns, so what it uploads is what was checked.
+    assert {".env", "*.pem", ".ssh/", "data/", "*.mp4"} <= set(S.runtime_env(root)["excludes"])
+
+
+def test_upload_refuses_a_big_tree_a_link_or_a_non_checkout(tmp_path):
+    root = _checkout(tmp_path / "repo")
+    (root / "notes.csv").write_bytes(b"x" * (2 * 2**20))
+    with pytest.raises(ValueError, match=r"would be 2\.0 MB, over --max-upload-mb 1; biggest: notes\.csv"):
+        S.check_upload(root, max_mb=1)
+    assert S.check_upload(root, max_mb=3) > 2 * 2**20
+    (root / "outside").symlink_to(tmp_path)
+    with pytest.raises(ValueError, match="outside is a symbolic link"):
+        S.check_upload(root)
+    with pytest.raises(ValueError, match="is not a seewhy checkout"):
+        S.check_upload(tmp_path / "repo" / "ray_jobs")  # e.g. site-packages after a plain pip install
+    S.check_upload(S.REPO_ROOT)  # this checkout passes with the default cap
