@@ -140,21 +140,63 @@ def _format(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+class Replace(dict):
+    """A mapping tagged ``!replace`` in a preset: it replaces the base preset's mapping instead of
+    being merged into it key by key."""
+
+
+class _PresetLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` plus the ``!replace`` tag (nothing else: no arbitrary objects)."""
+
+
+_PresetLoader.add_constructor(
+    "!replace", lambda loader, node: Replace(loader.construct_mapping(node, deep=True))
+)
+
+
+def merge_over(base: dict, over: dict) -> dict:
+    """``over`` on top of ``base``: mappings merge key by key, anything else (and ``!replace``) replaces."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and not isinstance(value, Replace) and isinstance(out.get(key), dict):
+            out[key] = merge_over(out[key], value)
+        else:
+            out[key] = dict(value) if isinstance(value, Replace) else value
+    return out
+
+
+def read_preset(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
+    """One YAML preset as a dict; a top-level ``base: other.yaml`` (relative to this file's folder) is
+    read first and this file's keys are merged over it, so a variant holds only what it changes."""
+    path = Path(path)
+    if path.resolve() in _chain:
+        loop = " -> ".join(str(p) for p in (*_chain, path.resolve()))
+        raise ConfigError(f"{path}: base presets form a loop: {loop}")
+    try:
+        loaded = yaml.load(path.read_text(), Loader=_PresetLoader)  # a SafeLoader: no arbitrary objects
+    except FileNotFoundError:
+        where = f" (the base of {_chain[-1]})" if _chain else ""
+        raise ConfigError(f"config file {path} does not exist{where}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
+    parent = loaded.pop("base", None)
+    if parent is None:
+        return loaded
+    if not isinstance(parent, str):
+        raise ConfigError(f"{path}: base: expected the path of another preset, got {str(parent)[:200]!r}")
+    return merge_over(read_preset(path.parent / parent, (*_chain, path.resolve())), loaded)
+
+
 def load_tree(path: str | Path | None, overrides: list[str] = (), base: dict | None = None) -> dict:
-    """Read a YAML preset (safe_load) into a dict and apply ``--set`` overrides."""
+    """Read a YAML preset (with its ``base:`` chain) into a dict over ``base``, then apply ``--set``
+    overrides."""
     tree: dict = copy.deepcopy(base) if base else {}
     if path is not None:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
-        tree.update(loaded)
+        tree.update(read_preset(path))
     for text in overrides:
         key, value = parse_override(text)
         set_dotted(tree, key, value)
