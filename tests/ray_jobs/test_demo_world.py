@@ -19,9 +19,9 @@ import pytest
 from featurize.catalog import load_catalog
 from featurize.decode import DecodeConfig, decode_clip
 from ray_jobs.demo.assets.make_speech import words
+from ray_jobs.demo.clips import MUSIC_STYLES
 from ray_jobs.demo.world import (
     ASSETS_DIR,
-    MUSIC_STYLES,
     TOPIC_KINDS,
     DemoWorldConfig,
     WorldPaths,

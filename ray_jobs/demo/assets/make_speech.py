@@ -175,7 +175,7 @@ def clip_transcripts(speech: Path, work: Path, asrs: list) -> list[str]:
     loudness over room tone, AAC-encoded in an MP4, decoded by the featurize decoder; a few seeds and
     clip lengths (3 s, the shortest, leaves the least room)."""
     from featurize.decode import DecodeConfig, decode_clip
-    from ray_jobs.demo.world import ClipJob, render_clip
+    from ray_jobs.demo.clips import ClipJob, render_clip
 
     texts = []
     for seed, seconds in enumerate((3.0, 4.0, 5.0)):
