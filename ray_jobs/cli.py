@@ -18,6 +18,7 @@ import os
 import sys
 from pathlib import Path
 
+from ray_jobs.config_help import help_action
 from ray_jobs.runtime import init_ray
 from ray_jobs.submit import MAX_UPLOAD_MB
 
@@ -145,11 +146,24 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _config_args(parser: argparse.ArgumentParser, example: str) -> None:
-    """The ``--config`` preset and repeatable ``--set`` overrides of a config-driven subcommand."""
+CONFIG_CLASSES = {
+    "run": "ray_jobs.config:RunConfig",
+    "tune": "ray_jobs.tune:TuneConfig",
+    "featurize": "featurize.config:FeaturizeConfig",
+}
+"""The config class of each config-driven subcommand (its keys are what --config and --set accept)."""
+
+
+def _config_args(parser: argparse.ArgumentParser, example: str, command: str) -> None:
+    """The ``--config`` preset, repeatable ``--set`` overrides and ``--help-config`` of a subcommand."""
     parser.add_argument("--config", required=True, help=f"YAML preset, e.g. {example}")
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a key (repeatable)"
+    )
+    parser.add_argument(
+        "--help-config",
+        action=help_action(CONFIG_CLASSES[command], f"seewhy {command}: config keys (YAML and --set)"),
+        help="list every config key with its type, default and meaning, then exit",
     )
 
 
@@ -160,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="run the evaluation protocol end to end and write a run folder")
-    _config_args(r, "ray_jobs/configs/quickstart.yaml")
+    _config_args(r, "ray_jobs/configs/quickstart.yaml", "run")
     r.set_defaults(fn=cmd_run)
 
     d = sub.add_parser("demo", help="generate -> featurize -> train -> report, offline, on a demo world")
@@ -185,15 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(fn=cmd_generate)
 
     f = sub.add_parser("featurize", help="turn a catalogue of videos into caption and feature stores")
-    f.add_argument("--config", required=True)
-    f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    _config_args(f, "ray_jobs/configs/featurize/offline.yaml", "featurize")
     f.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray")
     f.add_argument("--address", default=None, help="Ray cluster address ('auto'); default: a local Ray")
     f.add_argument("--overwrite", action="store_true", help="clear stores written with another configuration")
     f.set_defaults(fn=cmd_featurize)
 
     t = sub.add_parser("tune", help="Ray Tune sweep of the protocol over representations x models x seeds")
-    _config_args(t, "ray_jobs/configs/tune_demo.yaml")
+    _config_args(t, "ray_jobs/configs/tune_demo.yaml", "tune")
     t.set_defaults(fn=cmd_tune)
 
     s = sub.add_parser("submit", help="run a seewhy subcommand on a Ray cluster through Ray Job Submission")
