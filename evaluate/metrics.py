@@ -171,10 +171,3 @@ def check_results(cases: pd.DataFrame, name: str = "cases") -> pd.DataFrame:
         if col in cases.columns and not pd.api.types.is_bool_dtype(cases[col].dtype):
             raise ValueError(f"{name}: column '{col}': expected booleans, got dtype {cases[col].dtype}")
     return cases
-
-
-def case_values(cases: pd.DataFrame, metric: str, k: int) -> np.ndarray:
-    """Per-case values of ``metric`` ("hr" | "ndcg") at ``k`` for each row of a results table."""
-    if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; expected one of {sorted(METRICS)}")
-    return METRICS[metric](cases["rank"].to_numpy(), k)

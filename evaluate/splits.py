@@ -116,17 +116,6 @@ class Cases:
     def history_len(self) -> int:
         return self.history.shape[1]
 
-    def to_frame(self) -> pd.DataFrame:
-        """One row per case: ``user_id, item_id, day`` (ISO date string), ``history`` (int64 arrays)."""
-        return pd.DataFrame(
-            {
-                "user_id": self.user_id,
-                "item_id": self.item_id,
-                "day": [day_label(d) for d in self.day] if len(self) else pd.Series([], dtype=str),
-                "history": list(self.history),
-            }
-        )
-
 
 def _histories(
     hist_user: np.ndarray, hist_item: np.ndarray, query_user: np.ndarray, history_len: int

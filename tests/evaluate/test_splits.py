@@ -112,9 +112,6 @@ def test_cases_for_day_cutoff_rules() -> None:
         (3, 30, d + 2, [-1, -1, 30]),
     ]
     assert len(cases) == 3 and cases.history_len == 3
-    frame = cases.to_frame()
-    assert frame.columns.tolist() == ["user_id", "item_id", "day", "history"]
-    assert frame["day"].tolist() == [day_label(d + 2)] * 3
     # A history longer than L keeps the L most recent, oldest first.
     assert as_tuples(cases_for_day(df, d + 2, history_len=1))[0][3] == [11]
     assert len(cases_for_day(df, d + 5)) == 0
