@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from ray_jobs import console
+
 CONFIGS = Path(__file__).parents[1] / "configs"
 FEATURIZE_PRESET = CONFIGS / "featurize" / "offline.yaml"
 RUN_PRESET = CONFIGS / "demo" / "run.yaml"
@@ -45,7 +47,7 @@ class DemoResult:
 
 
 def log(msg: str) -> None:
-    print(f"[seewhy demo] {msg}", flush=True)
+    console.log(msg, prefix="seewhy demo")
 
 
 def representations(store_root: Path) -> list[str]:
