@@ -10,9 +10,12 @@
   before any vector of the store exists (width unknown) get a null-typed column; the first part with
   vectors rewrites them to the width, and readers here size them on the fly in between.
 
-A part is written to a hidden temporary name (``.part-…tmp``) in the same folder and renamed with
-``os.replace``, so a killed job never leaves a half-written part that a reader would accept; readers
-(this module, ``pd.read_parquet(folder)``, pyarrow datasets) ignore names starting with ``.`` or ``_``.
+A part (and the manifest) is written with ``featurize.durable.write_atomic``: a hidden temporary name
+(``.part-…tmp``) in the same folder, fsync, rename, folder fsync, so neither a killed job nor a power
+loss leaves a half-written part that a reader would accept; readers (this module,
+``pd.read_parquet(folder)``, pyarrow datasets) ignore names starting with ``.`` or ``_``. A part that
+still fails to open (damaged on disk, or written by an older version without fsync) is moved to
+``_quarantine/`` with a warning and its items count as missing, so a rerun redoes them.
 Part names are a hash of the sorted item ids, so a retried write of the same batch replaces its own
 earlier copy instead of duplicating it. When an item appears in several parts (a rerun with
 ``retry_errors``) the most recently written part wins.
@@ -24,12 +27,12 @@ configuration unless told to overwrite it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -39,6 +42,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from featurize.durable import quarantine, write_atomic, write_bytes_atomic
 
 MANIFEST = "_manifest.json"
 STATUSES = ("ok", "error")
@@ -81,10 +86,19 @@ def _diff_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [prefix.rstrip(".") or "<root>"]
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+def read_part(path: Path, read: Callable[[Path], Any]) -> Any:
+    """``read(path)``, or None after moving an unreadable part to ``_quarantine/`` (its items are redone).
+
+    Another reader may have quarantined the same part a moment earlier: that is None too.
+    """
+    try:
+        return read(path)
+    except FileNotFoundError:
+        return None
+    except Exception as e:  # a torn or foreign file: keep it as evidence, redo its items
+        with contextlib.suppress(FileNotFoundError):
+            quarantine(path, f"{type(e).__name__}: {str(e)[:200]}")
+        return None
 
 
 class _Store:
@@ -122,24 +136,15 @@ class _Store:
             dup = pd.Series(ids)[pd.Series(ids).duplicated()].iloc[0]
             raise StoreError(f"{self}: item_id {dup} appears twice in one part")
         digest = hashlib.sha1(np.sort(ids).astype("<i8").tobytes()).hexdigest()[:20]
-        final = self.path / f"part-{digest}.parquet"
-        tmp = self.path / f".{final.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
-        self.path.mkdir(parents=True, exist_ok=True)
-        try:
-            pq.write_table(table, tmp)
-            os.replace(tmp, final)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return final
+        return write_atomic(self.path / f"part-{digest}.parquet", lambda tmp: pq.write_table(table, tmp))
 
     def _read_parts(self, columns: list[str] | None = None) -> pa.Table | None:
         tables = []
         normalise = self._normaliser()
         for p in self.parts():
-            try:
-                tables.append(normalise(pq.read_table(p, columns=columns)))
-            except Exception as e:  # a foreign or damaged file: name it instead of a bare Arrow error
-                raise StoreError(f"{self}: cannot read part {p}: {e}") from e
+            table = read_part(p, lambda f: pq.read_table(f, columns=columns))
+            if table is not None:
+                tables.append(normalise(table))
         if not tables:
             return None
         return pa.concat_tables(tables, promote_options="default")
@@ -183,7 +188,7 @@ class _Store:
 
     def _write_manifest(self, manifest: dict[str, Any]) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        _atomic_write_bytes(self.path / MANIFEST, json.dumps(manifest, indent=2, default=str).encode())
+        write_bytes_atomic(self.path / MANIFEST, json.dumps(manifest, indent=2, default=str).encode())
 
     def open_for(self, config_hash: str, manifest: dict[str, Any], overwrite: bool = False) -> _Store:
         """Make the store ready to receive rows produced under ``config_hash``.
@@ -329,7 +334,8 @@ class FeatureStore(_Store):
         if m.get("dim"):
             return int(m["dim"])
         for p in self.parts():
-            t = pq.read_schema(p).field("vector").type
+            schema = read_part(p, pq.read_schema)
+            t = schema.field("vector").type if schema is not None else pa.null()
             if pa.types.is_fixed_size_list(t):
                 return int(t.list_size)
         return None
@@ -392,14 +398,20 @@ class FeatureStore(_Store):
         if d is None:
             return
         for p in self.parts():
-            if pa.types.is_null(pq.read_schema(p).field("vector").type):
+            schema = read_part(p, pq.read_schema)
+            if schema is None or not pa.types.is_null(schema.field("vector").type):
+                continue
+            table = read_part(p, pq.read_table)
+            if table is not None:
                 st = p.stat()
-                table = self._sized(pq.read_table(p), d)
-                tmp = p.with_name(f".{p.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-                pq.write_table(table, tmp)
-                # Keep the part's age: "the most recent part wins" must not change by this rewrite.
-                os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
-                os.replace(tmp, p)  # same name, same rows: readers see the old or the new file
+                sized = self._sized(table, d)
+
+                def write(tmp: Path, sized: pa.Table = sized, st: os.stat_result = st) -> None:
+                    pq.write_table(sized, tmp)
+                    # Keep the part's age: "the most recent part wins" must not change by this rewrite.
+                    os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+                write_atomic(p, write)  # same name, same rows: readers see the old or the new file
 
     @staticmethod
     def _sized(table: pa.Table, d: int) -> pa.Table:
