@@ -345,11 +345,27 @@ def _backfill_clips(plan: PipelinePlan, catalog: pd.DataFrame, root: str, check:
 
 
 def run_featurize(cfg: FeaturizeConfig, plan: PipelinePlan | None = None) -> FeaturizeResult:
-    """Run both phases into ``cfg.store_root``; returns counts and timings (Ray must be initialised)."""
-    from featurize.catalog import load_catalog
+    """Run both phases into ``cfg.store_root``; returns counts and timings (Ray must be initialised).
+
+    Holds the write lock of every store it writes for the whole run: a second run on the same stores
+    refuses (``StoreBusyError``) naming the holder's pid and start time.
+    """
+
+    from featurize.store_lock import StoreLock, locked
+    from featurize.stores import ClipStore
 
     t0 = time.perf_counter()
     plan = plan or build_plan(cfg)
+    root = cfg.store_root
+    stores = [s.store(root) for s in plan.sinks()] + ([ClipStore(root)] if plan.captions.clips else [])
+    with locked([StoreLock(s.lock_file, f"store {s.path}") for s in stores]):
+        return _run_locked(cfg, plan, t0)
+
+
+def _run_locked(cfg: FeaturizeConfig, plan: PipelinePlan, t0: float) -> FeaturizeResult:
+    """``run_featurize`` once it holds the write lock of every store it writes."""
+    from featurize.catalog import load_catalog
+
     root = cfg.store_root
     for sink in plan.sinks():  # refuse a changed configuration before doing any work
         store = sink.store(root).open_for(sink.config_hash, sink.identity, overwrite=cfg.overwrite)

@@ -118,6 +118,11 @@ class _Store:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.path)!r})"
 
+    @property
+    def lock_file(self) -> Path:
+        """The store's write lock (``featurize.store_lock``): hidden, beside the folder, outliving it."""
+        return self.root / self.kind / f".{self.name}.lock"
+
     # -- parts -------------------------------------------------------------------------------------
     def parts(self) -> list[Path]:
         """Finished parts, oldest first (rename time, then name), so that later parts win in ``read``."""

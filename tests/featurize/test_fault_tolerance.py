@@ -184,3 +184,17 @@ def test_rerun_does_no_work_and_changed_config_is_refused(clean, clip_catalog):
         .startswith("4 frames")
     )
     assert FeatureStore(root, "mllm-video.frame-stats-2.hash").counts()["ok"] == len(GOOD) + 1
+
+
+def test_second_featurize_on_the_same_stores_refuses(ray_local, clip_catalog, tmp_path):
+    from featurize.store_lock import StoreBusyError, StoreLock
+
+    cfg = fault_config(clip_catalog, tmp_path, text_encoders=[])
+    lock = CaptionStore(tmp_path, VIDEO_STORE).lock_file
+    busy = rf"mllm-video.frame-stats is being written by another run \(pid {os.getpid()}"
+    # Another run holds the caption store.
+    with StoreLock(lock, "the first run"), pytest.raises(StoreBusyError, match=busy):
+        run_featurize(cfg, fault_plan(cfg))
+    assert CaptionStore(tmp_path, VIDEO_STORE).parts() == []  # refused before any work
+    run_featurize(cfg, fault_plan(cfg))  # released: the next run goes ahead
+    assert len(CaptionStore(tmp_path, VIDEO_STORE).done_ids()) == len(clip_catalog["ids"])
