@@ -147,7 +147,8 @@ class FeaturizeConfig(BaseModel):
     resources: ResourcesConfig = ResourcesConfig()
     """Actor pools, batch sizes and CPUs/GPUs per stage (never part of a store's identity)."""
     overwrite: bool = False
-    """Clear a store written with a different configuration instead of refusing (``--overwrite``)."""
+    """Rebuild a store written with a different configuration instead of refusing (``--overwrite``): the
+    new store is built beside the old one and replaces it only when the run is complete."""
     retry_errors: bool = False
     """Process again the items whose last row is an error (by default a rerun only fills missing items)."""
     limit: int | None = Field(None, ge=1)

@@ -60,6 +60,8 @@ class Sink:
     error_key: str = ""
     """When set, the error columns hold "; "-joined "<key>: <reason>" entries of several sinks (as
     TextEmbed's ``embed_error``): only the entry of this key makes this sink's row an error."""
+    staged: bool = False
+    """Write into the store's staged rebuild (an ``--overwrite`` run; ``run_featurize`` publishes it)."""
 
     @property
     def key(self) -> str:
@@ -70,7 +72,7 @@ class Sink:
         return config_hash(self.identity)
 
     def store(self, root: str) -> CaptionStore | FeatureStore:
-        return (CaptionStore if self.kind == "captions" else FeatureStore)(root, self.name)
+        return (CaptionStore if self.kind == "captions" else FeatureStore)(root, self.name, self.staged)
 
 
 @dataclass(frozen=True)

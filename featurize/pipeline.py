@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -252,12 +252,18 @@ def _source_identity(col: str, sources: dict[str, str], by_name: dict[str, Sink]
 
 
 def text_rows(
-    plan: TextPlan, sources: dict[str, str], catalog: pd.DataFrame, root: str, retry_errors: bool
+    plan: TextPlan,
+    sources: dict[str, str],
+    catalog: pd.DataFrame,
+    root: str,
+    retry_errors: bool,
+    staged: Collection[str] = (),
 ) -> pd.DataFrame:
     """Phase B input for one encoder: per item the source texts with their errors, and ``todo``.
 
     An item enters a feature set's todo only when every caption it needs has a row (ok or error) in
     its store; items still without captions wait for a later run instead of becoming error rows.
+    Caption stores named in ``staged`` are read from their rebuild (an ``--overwrite`` run).
     """
     from featurize.stores import CaptionStore
 
@@ -274,7 +280,7 @@ def text_rows(
         cols[col], cols[f"{col}_error"] = [None] * len(ids), [""] * len(ids)
         if col not in sources:
             continue
-        caps = CaptionStore(root, sources[col]).read().set_index("item_id")
+        caps = CaptionStore(root, sources[col], sources[col] in staged).read().set_index("item_id")
         have[col] = set(caps.index.tolist())
         text = caps["text"].astype(object).reindex(ids)
         err = caps["error"].astype(object).reindex(ids)
@@ -327,6 +333,18 @@ class FeaturizeResult:
         return "\n".join(lines)
 
 
+def _staged(plan: PipelinePlan, names: Collection[str]) -> PipelinePlan:
+    """``plan`` with the sinks of the stores in ``names`` writing into their staged rebuilds."""
+    if not names:
+        return plan
+
+    def mark(sinks: tuple[Sink, ...]) -> tuple[Sink, ...]:
+        return tuple(replace(s, staged=True) if s.name in names else s for s in sinks)
+
+    text = tuple(replace(t, sinks=mark(t.sinks)) for t in plan.text)
+    return replace(plan, captions=replace(plan.captions, sinks=mark(plan.captions.sinks)), text=text)
+
+
 def _backfill_clips(plan: PipelinePlan, catalog: pd.DataFrame, root: str, check: bool) -> dict[str, PlanRun]:
     """Decode only the items that have no clip metadata yet (stores written before the clip store)."""
     from featurize.stores import ClipStore
@@ -367,9 +385,13 @@ def _run_locked(cfg: FeaturizeConfig, plan: PipelinePlan, t0: float) -> Featuriz
     from featurize.catalog import load_catalog
 
     root = cfg.store_root
+    staged = set()
     for sink in plan.sinks():  # refuse a changed configuration before doing any work
         store = sink.store(root).open_for(sink.config_hash, sink.identity, overwrite=cfg.overwrite)
         store.update_counts()  # a resumed store's manifest counts what the killed run left
+        if store.staged:  # --overwrite: the new store is built beside the old, swapped in at the end
+            staged.add(sink.name)
+    plan = _staged(plan, staged)
     catalog = load_catalog(cfg.catalog)
     if cfg.limit is not None:
         catalog = catalog.head(cfg.limit)
@@ -382,11 +404,13 @@ def _run_locked(cfg: FeaturizeConfig, plan: PipelinePlan, t0: float) -> Featuriz
     if plan.captions.clips:
         runs |= _backfill_clips(plan, catalog, root, check)
     for tp in plan.text:
-        rows = text_rows(tp, plan.sources, catalog, root, cfg.retry_errors)
+        rows = text_rows(tp, plan.sources, catalog, root, cfg.retry_errors, staged)
         label = f"text.{tp.encoder}"
         logger.info("featurize: %d items need %s features", len(rows), label)
         runs[label] = run_plan(Plan((tp.embed,), tp.sinks, plan.captions.writer), rows, root, label, check)
     totals = {s.key: s.store(root).update_counts() for s in plan.sinks()}
+    for sink in plan.sinks():  # every phase is complete: the rebuilt stores replace the old ones
+        sink.store(root).publish()
     written: dict[str, Counter] = {}
     errors: dict[str, Counter] = {}
     for run in runs.values():

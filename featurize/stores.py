@@ -22,7 +22,10 @@ earlier copy instead of duplicating it. When an item appears in several parts (a
 
 ``_manifest.json`` records what produced the store (models, prompt, frame sampling, config hash,
 package versions, counts ok/error). ``open_for`` refuses to mix a store with rows from a different
-configuration unless told to overwrite it.
+configuration unless told to overwrite it; overwriting builds the new store beside the old one (a
+*staged* store under ``<root>/.featurize/staging/``) and ``publish`` swaps it in only once the run is
+complete, so a failed or killed overwrite leaves the old store whole and readable. ``<root>/.featurize/``
+also holds the stores' write locks (``featurize.store_lock``) and other run bookkeeping.
 """
 
 from __future__ import annotations
@@ -43,12 +46,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from featurize.durable import quarantine, write_atomic, write_bytes_atomic
+from featurize.durable import fsync_dir, quarantine, swap_dirs, write_atomic, write_bytes_atomic
 
 MANIFEST = "_manifest.json"
 STATUSES = ("ok", "error")
 CAPTION_EXTRA_COLUMNS = ("transcript", "language", "events")
 """Optional string columns of audio caption stores (ASR transcript, its language, JSON sound events)."""
+WORK = ".featurize"
+"""Folder under a store root for run bookkeeping (locks, staged stores); no reader looks inside it."""
 _VOLATILE_KEYS = ("counts", "created_at", "updated_at", "packages")
 _PACKAGES = ("seewhy", "ray", "torch", "transformers", "sentence-transformers", "av", "vllm")
 
@@ -106,14 +111,18 @@ class _Store:
 
     kind: ClassVar[str]
 
-    def __init__(self, root: str | os.PathLike[str], name: str) -> None:
+    def __init__(self, root: str | os.PathLike[str], name: str, staged: bool = False) -> None:
         if not name or "/" in name or name.startswith((".", "_")):
             raise StoreError(
                 f"store name {name!r} must be a non-empty file name not starting with '.' or '_'"
             )
         self.root = Path(root)
         self.name = name
-        self.path = self.root / self.kind / name
+        self.staged = staged
+        """True for the copy being rebuilt by an overwrite, until ``publish`` swaps it in."""
+        self.path = (
+            self.root / WORK / "staging" / self.kind / name if staged else self.root / self.kind / name
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.path)!r})"
@@ -121,7 +130,7 @@ class _Store:
     @property
     def lock_file(self) -> Path:
         """The store's write lock (``featurize.store_lock``): hidden, beside the folder, outliving it."""
-        return self.root / self.kind / f".{self.name}.lock"
+        return self.root / WORK / "locks" / f"{self.kind}.{self.name}.lock"
 
     # -- parts -------------------------------------------------------------------------------------
     def parts(self) -> list[Path]:
@@ -196,11 +205,13 @@ class _Store:
         write_bytes_atomic(self.path / MANIFEST, json.dumps(manifest, indent=2, default=str).encode())
 
     def open_for(self, config_hash: str, manifest: dict[str, Any], overwrite: bool = False) -> _Store:
-        """Make the store ready to receive rows produced under ``config_hash``.
+        """The store to write rows produced under ``config_hash`` into: this one, or a staged rebuild.
 
         An empty store gets the manifest. A store written under the same hash is kept (a rerun appends
         only what is missing). A store written under another hash, or holding parts but no manifest,
-        raises StoreConfigError naming the differing keys, unless ``overwrite`` clears it first.
+        raises StoreConfigError naming the differing keys; with ``overwrite`` it is left as it is and
+        the staged store of the same name is returned instead (resumed when a killed overwrite left one
+        of this hash, else started empty): write there, then ``publish`` it once the run is complete.
         """
         now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         new = {
@@ -216,27 +227,51 @@ class _Store:
             self._write_manifest({**old, **new, "created_at": old.get("created_at", now), "updated_at": now})
             return self
         if old is not None or has_parts:
-            if not overwrite:
-                if old is None:
-                    why = "it holds parts but no manifest"
-                else:
-                    keys = [
-                        k
-                        for k in _diff_keys(old, new)
-                        if k.split(".")[0] not in _VOLATILE_KEYS and k != "config_hash"
-                    ]
-                    why = (
-                        f"it was written with config hash {old.get('config_hash')} and this run has "
-                        f"{config_hash}; differing keys: {', '.join(keys) or '(none besides the hash)'}"
-                    )
-                raise StoreConfigError(
-                    f"store {self.path} refuses rows from a different configuration: {why}. "
-                    "Use overwrite=True (--overwrite) to clear it, or give the new configuration a "
-                    "new store / feature-set name."
-                )
-            shutil.rmtree(self.path)
+            if self.staged:  # a rebuild of yet another configuration, never published: ours to clear
+                shutil.rmtree(self.path)
+            elif overwrite:
+                return type(self)(self.root, self.name, staged=True).open_for(config_hash, manifest, True)
+            else:
+                raise StoreConfigError(self._refusal(old, new, config_hash))
         self._write_manifest({**new, "counts": {"ok": 0, "error": 0}, "created_at": now, "updated_at": now})
         return self
+
+    def _refusal(self, old: dict[str, Any] | None, new: dict[str, Any], config_hash: str) -> str:
+        if old is None:
+            why = "it holds parts but no manifest"
+        else:
+            keys = [
+                k
+                for k in _diff_keys(old, new)
+                if k.split(".")[0] not in _VOLATILE_KEYS and k != "config_hash"
+            ]
+            why = (
+                f"it was written with config hash {old.get('config_hash')} and this run has "
+                f"{config_hash}; differing keys: {', '.join(keys) or '(none besides the hash)'}"
+            )
+        return (
+            f"store {self.path} refuses rows from a different configuration: {why}. "
+            "Use overwrite=True (--overwrite) to rebuild it (the old store stays until the new one is "
+            "complete), or give the new configuration a new store / feature-set name."
+        )
+
+    def publish(self) -> _Store:
+        """Swap a complete staged store in for the live store of its name; returns the live store.
+
+        The swap is one atomic ``renameat2(RENAME_EXCHANGE)`` where the system has it; the replaced
+        store is deleted afterwards. A store that is not staged is returned as it is.
+        """
+        if not self.staged:
+            return self
+        live = type(self)(self.root, self.name)
+        if live.path.exists():
+            swap_dirs(self.path, live.path)
+            shutil.rmtree(self.path)
+        else:
+            live.path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self.path, live.path)
+            fsync_dir(live.path.parent)
+        return live
 
     def update_counts(self) -> dict[str, int]:
         """Recount ok/error rows into the manifest (end of a run, or on resume); returns the counts."""
@@ -483,6 +518,7 @@ class ClipStore(_Store):
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
         self.name = "clips"
+        self.staged = False
         self.path = self.root / self.kind
 
     def _to_table(self, data: pa.Table | pd.DataFrame) -> pa.Table:

@@ -178,7 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     f.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray")
     f.add_argument("--address", default=None, help="Ray cluster address ('auto'); default: a local Ray")
-    f.add_argument("--overwrite", action="store_true", help="clear stores written with another configuration")
+    f.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="rebuild stores written with another configuration (swapped in when complete)",
+    )
     f.set_defaults(fn=cmd_featurize)
 
     t = sub.add_parser("tune", help="Ray Tune sweep of the protocol over representations x models x seeds")

@@ -198,3 +198,22 @@ def test_second_featurize_on_the_same_stores_refuses(ray_local, clip_catalog, tm
     assert CaptionStore(tmp_path, VIDEO_STORE).parts() == []  # refused before any work
     run_featurize(cfg, fault_plan(cfg))  # released: the next run goes ahead
     assert len(CaptionStore(tmp_path, VIDEO_STORE).done_ids()) == len(clip_catalog["ids"])
+
+
+def test_overwrite_builds_beside_the_old_store_and_swaps_when_complete(ray_local, clip_catalog, tmp_path):
+    cfg = fault_config(clip_catalog, tmp_path, text_encoders=[])
+    run_featurize(cfg, fault_plan(cfg))
+    before = CaptionStore(tmp_path, VIDEO_STORE).read()
+    changed = fault_config(clip_catalog, tmp_path, text_encoders=[], decode={"num_frames": 2}, overwrite=True)
+    wrong = changed.model_copy(
+        update={"catalog": changed.catalog.model_copy(update={"titles": "/nowhere.csv"})}
+    )
+    with pytest.raises(FileNotFoundError, match=r"nowhere\.csv"):
+        run_featurize(wrong, fault_plan(wrong))  # a wrong path: the old store is still all there
+    pd.testing.assert_frame_equal(CaptionStore(tmp_path, VIDEO_STORE).read(), before)
+    run_featurize(changed, fault_plan(changed))
+    after = CaptionStore(tmp_path, VIDEO_STORE)
+    assert after.manifest()["frame_sampling"]["num_frames"] == 2
+    assert after.read().set_index("item_id").loc[GOOD[0], "text"].startswith("2 frames of 64x48")
+    assert len(after.read()) == len(before)
+    assert not any((tmp_path / ".featurize" / "staging" / "captions").iterdir())

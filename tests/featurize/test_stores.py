@@ -135,9 +135,29 @@ def test_open_for_refuses_a_different_config_unless_overwrite(tmp_path):
     with pytest.raises(StoreConfigError, match=r"captions/c .*identity\.prompt\.version"):
         store.open_for(h2, m2)
     assert store.done_ids() == {1, 2}  # nothing lost by the refusal
-    store.open_for(h2, m2, overwrite=True)
-    assert store.done_ids() == set()
+    staged = store.open_for(h2, m2, overwrite=True)
+    assert staged.staged and staged.path != store.path and staged.done_ids() == set()
+    assert store.done_ids() == {1, 2} and store.manifest()["config_hash"] == h1  # old kept meanwhile
+    staged.write_part(_captions([3]))
+    # A killed overwrite run resumes its rebuild; another configuration's rebuild would be cleared.
+    again = store.open_for(h2, m2, overwrite=True)
+    assert again.path == staged.path and again.done_ids() == {3}
+    live = again.publish()
+    assert live.path == store.path and not staged.path.exists()
+    assert store.done_ids() == {3}
     assert json.loads((store.path / "_manifest.json").read_text())["config_hash"] == h2
+    assert [p.name for p in staged.path.parent.iterdir()] == []  # the replaced store is gone
+
+
+def test_swap_dirs_exchanges_two_folders(tmp_path):
+    from featurize.durable import swap_dirs
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x").write_text("a")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "x").write_text("b")
+    swap_dirs(tmp_path / "a", tmp_path / "b")
+    assert (tmp_path / "a" / "x").read_text() == "b" and (tmp_path / "b" / "x").read_text() == "a"
 
 
 def test_parts_without_manifest_are_refused(tmp_path):
