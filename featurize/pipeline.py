@@ -15,10 +15,12 @@ runs both phases and recounts the manifests. Ray must already be initialised by 
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections import Counter
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -27,6 +29,7 @@ from featurize.config import FeaturizeConfig, encoder_name
 from featurize.graph import Plan, PlanRun, Sink, StoreWriter, run_plan, todo_rows
 from featurize.refs import fingerprint, parse_ref
 from featurize.stage import StageSpec
+from featurize.stores import WORK
 
 logger = logging.getLogger(__name__)
 
@@ -356,7 +359,10 @@ def _backfill_clips(plan: PipelinePlan, catalog: pd.DataFrame, root: str, check:
     if not rows.empty and first is not None and getattr(first.fn, "name", "") == "decode":
         logger.info("featurize: %d items need clip metadata only (decode)", len(rows))
         decode = Plan((first,), (), plan.captions.writer, clips=True)
-        runs["clips"] = run_plan(decode, rows.assign(todo="[]").reset_index(drop=True), root, "clips", check)
+        todo = rows.assign(todo="[]").reset_index(drop=True)
+        runs["clips"] = run_plan(
+            decode, todo, root, "clips", check, guard=str(Path(root, WORK, "inflight", "clips"))
+        )
     if store.parts():
         store.update_counts()
     return runs
@@ -392,6 +398,13 @@ def _run_locked(cfg: FeaturizeConfig, plan: PipelinePlan, t0: float) -> Featuriz
         if store.staged:  # --overwrite: the new store is built beside the old, swapped in at the end
             staged.add(sink.name)
     plan = _staged(plan, staged)
+    inflight = Path(root, WORK, "inflight")
+    if cfg.retry_errors:  # error rows are redone, poison pills included: their deaths count afresh
+        shutil.rmtree(inflight, ignore_errors=True)
+
+    def guards(label: str) -> str:
+        return str(inflight / label)
+
     catalog = load_catalog(cfg.catalog)
     if cfg.limit is not None:
         catalog = catalog.head(cfg.limit)
@@ -400,14 +413,17 @@ def _run_locked(cfg: FeaturizeConfig, plan: PipelinePlan, t0: float) -> Featuriz
     if plan.captions.sinks:
         rows = todo_rows(plan.captions, catalog[["item_id", "title", "video_path"]], root, cfg.retry_errors)
         logger.info("featurize: %d of %d items need captions or direct features", len(rows), len(catalog))
-        runs["captions"] = run_plan(plan.captions, rows, root, "captions", check)
+        runs["captions"] = run_plan(plan.captions, rows, root, "captions", check, guard=guards("captions"))
     if plan.captions.clips:
         runs |= _backfill_clips(plan, catalog, root, check)
     for tp in plan.text:
         rows = text_rows(tp, plan.sources, catalog, root, cfg.retry_errors, staged)
         label = f"text.{tp.encoder}"
         logger.info("featurize: %d items need %s features", len(rows), label)
-        runs[label] = run_plan(Plan((tp.embed,), tp.sinks, plan.captions.writer), rows, root, label, check)
+        text_plan = Plan((tp.embed,), tp.sinks, plan.captions.writer)
+        runs[label] = run_plan(text_plan, rows, root, label, check, guard=guards(label))
+    # Every phase is complete: its error rows are in the stores, and its in-flight records are done with.
+    shutil.rmtree(inflight, ignore_errors=True)
     totals = {s.key: s.store(root).update_counts() for s in plan.sinks()}
     for sink in plan.sinks():  # every phase is complete: the rebuilt stores replace the old ones
         sink.store(root).publish()

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -217,3 +218,26 @@ def test_overwrite_builds_beside_the_old_store_and_swaps_when_complete(ray_local
     assert after.read().set_index("item_id").loc[GOOD[0], "text"].startswith("2 frames of 64x48")
     assert len(after.read()) == len(before)
     assert not any((tmp_path / ".featurize" / "staging" / "captions").iterdir())
+
+
+def test_poison_pill_and_hung_item_become_error_rows_and_the_job_goes_on(ray_local, clip_catalog, tmp_path):
+    from tests.featurize.faulty import Misbehaving
+
+    poison, hang = GOOD[1], GOOD[4]
+    cfg = fault_config(clip_catalog, tmp_path, text_encoders=[])
+    plan = fault_plan(cfg, captioner=Misbehaving, poison=(poison,), hang=(hang,))
+    spec = replace(plan.captions.stages[1], max_restarts=-1, batch_time_limit_s=3.0)
+    plan = replace(plan, captions=replace(plan.captions, stages=(plan.captions.stages[0], spec)))
+    run_featurize(cfg, plan)
+    _assert_each_item_once(tmp_path, clip_catalog["ids"], features=())
+    caps = CaptionStore(tmp_path, VIDEO_STORE).read().set_index("item_id")
+    assert caps.loc[poison, "error"].startswith(
+        "testcap: worker died while processing this item (2 times): the worker process (pid "
+    )
+    assert caps.loc[hang, "error"].startswith("testcap: over its time limit of 3 s (in File ")
+    assert caps.loc[hang, "error"].endswith("the worker was stopped")
+    others = [i for i in (*GOOD, SILENT) if i not in (poison, hang)]
+    assert (caps.loc[others, "status"] == "ok").all()
+    assert not (tmp_path / ".featurize" / "inflight").exists()
+    rerun = run_featurize(cfg, plan)  # error rows are not retried: the rerun has nothing to do
+    assert rerun.items["captions"] == 0
