@@ -90,6 +90,8 @@ def cmd_featurize(args: argparse.Namespace) -> int:
     tree = load_tree(args.config, args.set)
     if args.overwrite:
         tree["overwrite"] = True
+    if args.retry_errors:
+        tree["retry_errors"] = True
     # Relative paths resolve against the working directory, as in `seewhy run`.
     cfg = validate(FeaturizeConfig, tree, args.config, context={"base_dir": str(Path.cwd())})
     init_ray(args.address, args.num_cpus, None)
@@ -182,6 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite",
         action="store_true",
         help="rebuild stores written with another configuration (swapped in when complete)",
+    )
+    f.add_argument(
+        "--retry-errors",
+        action="store_true",
+        help="process again the items whose last row is an error (poison pills and time-outs included)",
     )
     f.set_defaults(fn=cmd_featurize)
 
