@@ -47,6 +47,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from featurize.durable import fsync_dir, quarantine, swap_dirs, write_atomic, write_bytes_atomic
+from featurize.messages import show
 
 MANIFEST = "_manifest.json"
 STATUSES = ("ok", "error")
@@ -305,7 +306,7 @@ def _check_status(df: pd.DataFrame, store: _Store) -> tuple[np.ndarray, list[str
     bad = [i for i, s in enumerate(status) if s not in STATUSES]
     if bad:
         raise StoreError(
-            f"{store}: row {bad[0]} column 'status' is {status[bad[0]]!r}, expected one of {STATUSES}"
+            f"{store}: row {bad[0]} column 'status' is {show(status[bad[0]])}, expected one of {STATUSES}"
         )
     errors = ["" if e is None or (isinstance(e, float) and np.isnan(e)) else str(e) for e in df["error"]]
     for i, (s, e) in enumerate(zip(status, errors)):
@@ -333,7 +334,7 @@ class CaptionStore(_Store):
         for i, (s, t) in enumerate(zip(status, text)):
             if s == "ok" and not isinstance(t, str):
                 raise StoreError(
-                    f"{self}: row {i} (item_id {df['item_id'].iloc[i]}) is ok but 'text' is {t!r}"
+                    f"{self}: row {i} (item_id {df['item_id'].iloc[i]}) is ok but 'text' is {show(t)}"
                 )
         cols: dict[str, pa.Array] = {
             "item_id": pa.array(_column(df, self, "item_id").to_numpy(dtype=np.int64), pa.int64()),
