@@ -27,6 +27,8 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from featurize.messages import show
+
 log = logging.getLogger(__name__)
 MAX_LISTED = 10  # examples kept in a report
 _INT = re.compile(r"\s*\d{1,18}\s*")
@@ -153,7 +155,7 @@ def _read_titles(cfg: CatalogConfig) -> tuple[dict[int, str], bool]:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
         raise CatalogError(path, f"not UTF-8 text: {e}") from e
-    records = _records(text)
+    records = _records(text, path)
     if not records:
         raise CatalogError(
             path, f"empty file: expected a header line with columns [{cfg.item_col!r}, {cfg.title_col!r}]"
@@ -174,7 +176,8 @@ def _read_titles(cfg: CatalogConfig) -> tuple[dict[int, str], bool]:
         missing = [c for c in expected if c not in names]
         raise CatalogError(
             path,
-            f"missing column(s) {missing}; found {names}; expected {expected} (set item_col / title_col)",
+            f"missing column(s) {show(missing)}; found {show(names)}; expected {show(expected)} "
+            "(set item_col / title_col)",
             row=first_line,
             column=missing[0],
         )
@@ -190,7 +193,7 @@ def _read_titles(cfg: CatalogConfig) -> tuple[dict[int, str], bool]:
         raw = fields[item_at] if item_at < len(fields) else ""
         if not _INT.fullmatch(raw):
             raise CatalogError(
-                path, f"expected a non-negative integer item id, got {raw!r}", line, cfg.item_col
+                path, f"expected a non-negative integer item id, got {show(raw)}", line, cfg.item_col
             )
         item = int(raw)
         if item in where:
@@ -202,16 +205,57 @@ def _read_titles(cfg: CatalogConfig) -> tuple[dict[int, str], bool]:
     return titles, headerless
 
 
-def _records(text: str) -> list[tuple[int, list[str]]]:
-    """Non-blank CSV records with the editor line each starts on (quoted fields may span lines)."""
+def _records(text: str, path: Path) -> list[tuple[int, list[str]]]:
+    """Non-blank CSV records with the editor line each starts on (quoted fields may span lines).
+
+    Raises CatalogError naming the line for a quote left open (the csv module would otherwise read the
+    rest of the file into one title) and for a field over the csv module's 131,072-character limit.
+    """
+    _check_quotes(text, path)
     reader = csv.reader(io.StringIO(text, newline=""))
     out: list[tuple[int, list[str]]] = []
     previous_end = 0
-    for fields in reader:
-        if fields and any(f.strip() for f in fields):
-            out.append((previous_end + 1, fields))
-        previous_end = reader.line_num
+    try:
+        for fields in reader:
+            if fields and any(f.strip() for f in fields):
+                out.append((previous_end + 1, fields))
+            previous_end = reader.line_num
+    except csv.Error as e:
+        raise CatalogError(path, _csv_problem(e), row=previous_end + 1) from None
     return out
+
+
+def _check_quotes(text: str, path: Path) -> None:
+    """Raise CatalogError when a quoted field is still open at the end of the file.
+
+    A strict pass finds it ("unexpected end of data"); its other complaints (text after a closing
+    quote) are left to the lenient pass, which reads them as the titles MicroLens means.
+    """
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    start = 1
+    try:
+        for _ in reader:
+            start = reader.line_num + 1
+    except csv.Error as e:
+        if "unexpected end of data" in str(e):
+            raise CatalogError(
+                path,
+                "unterminated quote: a quote opened in the record starting on this line is never closed, "
+                f"so the record would run to the end of the file (line {reader.line_num}); close or "
+                "remove the quote",
+                row=start,
+            ) from None
+        if "field larger than field limit" in str(e):
+            raise CatalogError(path, _csv_problem(e), row=start) from None
+
+
+def _csv_problem(e: csv.Error) -> str:
+    if "field larger than field limit" in str(e):
+        return (
+            f"a field is longer than {csv.field_size_limit():,} characters (the csv module's limit); "
+            "is a quote left open, or is this not a titles file?"
+        )
+    return f"not valid CSV: {e}"
 
 
 def _scan_videos(folder: Path, ext: str) -> tuple[dict[int, str], list[str]]:
@@ -233,7 +277,8 @@ def _scan_videos(folder: Path, ext: str) -> tuple[dict[int, str], list[str]]:
             item = int(stem)
             if item in videos:
                 raise CatalogError(
-                    folder, f"{entry.name} and {Path(videos[item]).name} are both videos of item {item}"
+                    folder,
+                    f"{show(entry.name)} and {show(Path(videos[item]).name)} are both videos of item {item}",
                 )
             videos[item] = str(base / entry.name)
     return videos, unrecognised[:MAX_LISTED]

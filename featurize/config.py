@@ -50,8 +50,15 @@ class Resources(BaseModel):
     """Actors started at once (all pools' minimums must fit the cluster together)."""
     max_actors: int = Field(1, ge=1)
     """The pool grows up to this many actors while work queues up."""
-    max_restarts: int = Field(2, ge=0)
-    """Restarts of a crashed actor (its task is retried as often); past that the run stops."""
+    max_restarts: int = Field(-1, ge=-1)
+    """Restarts of a crashed actor (its task is retried as often); past that the run stops. -1 (the
+    default): no bound, since an item that kills its worker twice becomes an error row anyway
+    (``featurize.faults``), so restarts are only used up by deaths that are not an item's doing."""
+    item_time_limit_s: float | None = Field(None, gt=0)
+    """Time limit per item of a call (a batch of n gets n times it); past it the worker is stopped, the
+    items are redone one by one, and one over the limit alone becomes an error row. None: no limit."""
+    batch_time_limit_s: float | None = Field(1800.0, gt=0)
+    """Time limit of one call on a batch (model stages; the smaller of the two limits applies)."""
 
     @model_validator(mode="after")
     def _pool(self) -> Resources:
@@ -70,6 +77,8 @@ class Resources(BaseModel):
             min_actors=self.min_actors,
             max_actors=self.max_actors,
             max_restarts=self.max_restarts,
+            item_time_limit_s=self.item_time_limit_s,
+            batch_time_limit_s=self.batch_time_limit_s,
         )
 
 
@@ -78,8 +87,9 @@ class ResourcesConfig(BaseModel):
 
     model_config = _FROZEN
 
-    decode: Resources = Resources(batch_size=4, num_cpus=1.0, max_actors=2)
-    """Decoding is CPU-bound: one CPU per actor, parallelism from more actors."""
+    decode: Resources = Resources(batch_size=4, num_cpus=1.0, max_actors=2, item_time_limit_s=120.0)
+    """Decoding is CPU-bound: one CPU per actor, parallelism from more actors. A clip that takes over
+    two minutes to decode (30 s of frames and audio take well under a second) is stuck or hostile."""
     vlm: Resources = Resources(batch_size=8, num_cpus=1.0)
     """The VLM captioner; on GPUs: ``num_gpus: 1`` per vLLM replica, ``max_actors`` = replicas."""
     asr: Resources = Resources(batch_size=8, num_cpus=1.0)
@@ -147,7 +157,8 @@ class FeaturizeConfig(BaseModel):
     resources: ResourcesConfig = ResourcesConfig()
     """Actor pools, batch sizes and CPUs/GPUs per stage (never part of a store's identity)."""
     overwrite: bool = False
-    """Clear a store written with a different configuration instead of refusing (``--overwrite``)."""
+    """Rebuild a store written with a different configuration instead of refusing (``--overwrite``): the
+    new store is built beside the old one and replaces it only when the run is complete."""
     retry_errors: bool = False
     """Process again the items whose last row is an error (by default a rerun only fills missing items)."""
     limit: int | None = Field(None, ge=1)

@@ -61,6 +61,18 @@ class DecodeConfig(BaseModel):
     half a segment of the target (much cheaper with short GOPs), else the exact frame."""
     threads: int = Field(1, ge=0)
     """Decoder threads per clip (0 = FFmpeg's choice). Keep 1 under Ray: parallelism comes from actors."""
+    max_source_pixels: int = Field(7680 * 4320, ge=1)
+    """Memory guard: a video stream whose coded width x height is larger (default: 8K UHD) is refused
+    before decoding, as an error row. The guards below are not part of a store's identity: raising
+    one and rerunning with ``--retry-errors`` redoes the refused items."""
+    max_streams: int = Field(16, ge=1)
+    """Memory guard: a file with more streams (of any kind) is refused before demuxing."""
+    max_start_offset_s: float = Field(3600.0, gt=0)
+    """Memory guard: a stream starting further than this from t = 0 (either way) is refused (a late
+    audio start would otherwise be padded with that much silence)."""
+    max_demux_mb: float = Field(512.0, gt=0)
+    """Memory guard: demuxed packets held for one clip (packets without timestamps never reach the
+    window's end, so the whole file would be read into memory); past this the clip is an error row."""
 
     @model_validator(mode="before")
     @classmethod
@@ -125,14 +137,24 @@ def _open(path: str):
     )
 
 
-def _demux(container, vs, as_, v_end: float, a_end: float) -> tuple[_Video, list[Any]]:
-    """Read packets (no decoding) until both streams pass their window ends (seconds of stream time)."""
+def _demux(container, vs, as_, v_end: float, a_end: float, max_bytes: float) -> tuple[_Video, list[Any]]:
+    """Read packets (no decoding) until both streams pass their window ends (seconds of stream time).
+
+    Raises past ``max_bytes`` of held packets (packets without timestamps never pass the window end)."""
     video, audio = _Video(), []
     v_done, a_done = vs is None, as_ is None
     streams = [s for s in (vs, as_) if s is not None]
+    held = 0
     for pkt in container.demux(*streams):
         if pkt.size == 0:  # PyAV's end-of-stream marker
             continue
+        held += pkt.size
+        if held > max_bytes:
+            untimed = sum(p.pts is None and p.dts is None for p in (*video.packets, *audio))
+            raise ValueError(
+                f"over {max_bytes / 2**20:g} MiB of packets (decode.max_demux_mb) before the end of the "
+                f"window ({untimed} of {len(video.packets) + len(audio)} without timestamps)"
+            )
         ts = pkt.dts if pkt.dts is not None else pkt.pts
         t = float(ts * pkt.time_base) if ts is not None else 0.0
         if vs is not None and pkt.stream_index == vs.index and not v_done:
@@ -313,9 +335,11 @@ def _audio(as_, packets: list[Any], start: float, end: float, cfg: DecodeConfig)
         return None
     wave = np.concatenate(chunks).astype(np.float32, copy=False)
     # Audio that starts after the video is padded with silence, so sample i is at time i/rate.
-    shift = round(((first_time or start) - start) * cfg.audio_rate)
+    keep = round(min(cfg.audio_window_s, cfg.max_duration_s, end) * cfg.audio_rate)
+    # Bounded by the window: audio starting after it is silence all through, not a huge allocation.
+    shift = min(round(((first_time or start) - start) * cfg.audio_rate), keep)
     wave = np.concatenate([np.zeros(shift, np.float32), wave]) if shift > 0 else wave[-shift:]
-    return wave[: round(min(cfg.audio_window_s, cfg.max_duration_s, end) * cfg.audio_rate)]
+    return wave[:keep]
 
 
 def decode_clip(path: str | os.PathLike[str] | None, cfg: DecodeConfig) -> DecodedClip:
@@ -332,12 +356,15 @@ def decode_clip(path: str | os.PathLike[str] | None, cfg: DecodeConfig) -> Decod
         as_ = as_ if cfg.audio else None
         if vs is None and as_ is None:
             raise ValueError("no video stream" + ("" if cfg.audio else " (audio decoding is off)"))
+        _check_limits(container, vs, as_, cfg)
         duration = container.duration / 1e6 if container.duration else math.nan
         cap_v = min(cfg.window_s, cfg.max_duration_s)
         cap_a = min(cfg.audio_window_s, cfg.max_duration_s)
         v_start = float(vs.start_time * vs.time_base) if vs is not None and vs.start_time is not None else 0.0
         # One second past the window leaves room for B-frame reordering (decode order runs ahead).
-        video, audio_packets = _demux(container, vs, as_, v_start + cap_v + 1.0, v_start + cap_a)
+        video, audio_packets = _demux(
+            container, vs, as_, v_start + cap_v + 1.0, v_start + cap_a, cfg.max_demux_mb * 2**20
+        )
         arrays: dict[str, np.ndarray] = {}
         if vs is not None:
             vmeta, arrays = _video(vs, video, cfg)
@@ -360,6 +387,28 @@ def decode_clip(path: str | os.PathLike[str] | None, cfg: DecodeConfig) -> Decod
         return DecodedClip(None, None, None, meta, math.nan, f"{path}: {_reason(e)}")
     finally:
         container.close()
+
+
+def _check_limits(container, vs, as_, cfg: DecodeConfig) -> None:
+    """Refuse, before anything is demuxed or decoded, a file whose decoding would allocate without bound."""
+    n = len(container.streams)
+    if n > cfg.max_streams:
+        raise ValueError(f"{n} streams, more than decode.max_streams = {cfg.max_streams}")
+    if vs is not None:
+        w, h = vs.codec_context.width, vs.codec_context.height
+        if w * h > cfg.max_source_pixels:
+            raise ValueError(
+                f"resolution {w}x{h} ({w * h:,} pixels) is over decode.max_source_pixels = "
+                f"{cfg.max_source_pixels:,}"
+            )
+    for kind, stream in (("video", vs), ("audio", as_)):
+        if stream is not None and stream.start_time is not None and stream.time_base is not None:
+            start = float(stream.start_time * stream.time_base)
+            if abs(start) > cfg.max_start_offset_s:
+                raise ValueError(
+                    f"the {kind} stream starts at t = {start:g} s, further from 0 than "
+                    f"decode.max_start_offset_s = {cfg.max_start_offset_s:g} s"
+                )
 
 
 def _reason(e: BaseException) -> str:

@@ -9,6 +9,8 @@ and the evidence is kept.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import time
 import uuid
@@ -70,3 +72,31 @@ def quarantine(path: str | os.PathLike[str], reason: str) -> Path:
     fsync_dir(path.parent)
     warnings.warn(f"{path}: unreadable ({reason}); moved to {dest}, its work will be redone", stacklevel=2)
     return dest
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+def swap_dirs(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> None:
+    """Exchange two paths (both must exist), durably: atomically with Linux's ``renameat2``.
+
+    Where the call is missing (other systems, old libc) it falls back to three renames through a
+    temporary name, which leaves a moment in which ``b`` does not exist.
+    """
+    a, b = Path(a), Path(b)
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    at_fdcwd = -100
+    if (
+        renameat2 is None
+        or renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) != 0
+    ):
+        errno = ctypes.get_errno() if renameat2 is not None else 0
+        if renameat2 is not None and errno not in (22, 38, 95):  # EINVAL, ENOSYS, EOPNOTSUPP: unsupported
+            raise OSError(errno, os.strerror(errno), str(a), None, str(b))
+        tmp = temp_name(b)
+        os.replace(b, tmp)
+        os.replace(a, b)
+        os.replace(tmp, a)
+    fsync_dir(a.parent)
+    fsync_dir(b.parent)

@@ -60,6 +60,8 @@ class Sink:
     error_key: str = ""
     """When set, the error columns hold "; "-joined "<key>: <reason>" entries of several sinks (as
     TextEmbed's ``embed_error``): only the entry of this key makes this sink's row an error."""
+    staged: bool = False
+    """Write into the store's staged rebuild (an ``--overwrite`` run; ``run_featurize`` publishes it)."""
 
     @property
     def key(self) -> str:
@@ -70,7 +72,7 @@ class Sink:
         return config_hash(self.identity)
 
     def store(self, root: str) -> CaptionStore | FeatureStore:
-        return (CaptionStore if self.kind == "captions" else FeatureStore)(root, self.name)
+        return (CaptionStore if self.kind == "captions" else FeatureStore)(root, self.name, self.staged)
 
 
 @dataclass(frozen=True)
@@ -264,15 +266,23 @@ def unpack_arrays(batch: Batch) -> Batch:
 
 
 class Packed:
-    """Runs a stage on unpacked arrays and packs its output (see ``pack_arrays``)."""
+    """Runs a stage on unpacked arrays and packs its output (see ``pack_arrays``).
+
+    With ``guard`` (``featurize.faults.ItemGuard`` kwargs) every call runs under the poison-pill and
+    time-limit guard, so an item that kills or hangs the worker becomes an error row.
+    """
 
     stage: ClassVar[type]
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, guard: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        from featurize.faults import ItemGuard
+
         self.impl = self.stage(**kwargs)
+        self.guard = ItemGuard(**guard) if guard else None
 
     def __call__(self, batch: Batch) -> Batch:
-        return pack_arrays(self.impl(unpack_arrays(batch)))
+        batch = unpack_arrays(batch)
+        return pack_arrays(self.guard(self.impl, batch) if self.guard else self.impl(batch))
 
 
 def packed(fn: type) -> type:
@@ -280,17 +290,22 @@ def packed(fn: type) -> type:
     return type(fn.__name__, (Packed,), {"stage": fn, "name": getattr(fn, "name", fn.__name__)})
 
 
-def _map_stage(ds: Any, spec: StageSpec, batch_format: str = "numpy") -> Any:
+def _map_stage(ds: Any, spec: StageSpec, guard: str | None = None, batch_format: str = "numpy") -> Any:
     import ray
 
-    # Bounded restarts/retries: Ray Data's default is unbounded, which would loop forever on an item
-    # that crashes its actor every time. Ray 2.60 only takes them as **ray_remote_args (deprecated
-    # spelling, no named replacement yet), hence the silenced warning.
+    kwargs = spec.fn_constructor_kwargs
+    if guard is not None:
+        limits = {"item_time_limit_s": spec.item_time_limit_s, "batch_time_limit_s": spec.batch_time_limit_s}
+        kwargs = {**kwargs, "guard": {"folder": guard, "stage": spec.fn.name, **limits}}
+    # Restarts/retries as configured (Ray Data's default is unbounded). The guard bounds the deaths
+    # per item, so an item that crashes its actor every time no longer uses the restarts up. Ray 2.60
+    # only takes them as **ray_remote_args (deprecated spelling, no named replacement yet), hence the
+    # silenced warning.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
         return ds.map_batches(
             packed(spec.fn),
-            fn_constructor_kwargs=spec.fn_constructor_kwargs,
+            fn_constructor_kwargs=kwargs,
             compute=ray.data.ActorPoolStrategy(min_size=spec.min_actors, max_size=spec.max_actors),
             batch_size=spec.batch_size,
             batch_format=batch_format,
@@ -366,6 +381,7 @@ def run_plan(
     label: str = "featurize",
     check_resources: bool = True,
     log_every_s: float = 10.0,
+    guard: str | None = None,
 ) -> PlanRun:
     """Stream ``rows`` (with their ``todo`` column) through the plan into the stores under ``root``.
 
@@ -373,7 +389,8 @@ def run_plan(
     model that does not load) or an item that keeps crashing its actor past ``max_restarts`` stops
     the run with Ray's error; everything already written stays and a rerun continues from it.
     ``check_resources`` refuses pools whose minimum actors do not fit the current cluster (turn it
-    off on an autoscaling cluster, which adds the nodes on demand).
+    off on an autoscaling cluster, which adds the nodes on demand). ``guard`` (a folder) runs every
+    stage under ``featurize.faults.ItemGuard``: items that kill or hang a worker become error rows.
     """
     import ray
 
@@ -388,7 +405,7 @@ def run_plan(
     chunks = [rows.iloc[i : i + size] for i in range(0, len(rows), size)]
     ds = ray.data.from_pandas(chunks)
     for spec in plan.stages:
-        ds = _map_stage(ds, spec)
+        ds = _map_stage(ds, spec, guard)
     w = plan.writer or StageSpec(fn=StoreWriter, batch_size=64, num_cpus=0.1, max_actors=1)
     kwargs = {"root": root, "sinks": plan.sinks, "clips": plan.clips}
     w = replace(w, fn=StoreWriter, fn_constructor_kwargs=kwargs)

@@ -15,10 +15,12 @@ runs both phases and recounts the manifests. Ray must already be initialised by 
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -27,6 +29,7 @@ from featurize.config import FeaturizeConfig, encoder_name
 from featurize.graph import Plan, PlanRun, Sink, StoreWriter, run_plan, todo_rows
 from featurize.refs import fingerprint, parse_ref
 from featurize.stage import StageSpec
+from featurize.stores import WORK
 
 logger = logging.getLogger(__name__)
 
@@ -252,12 +255,18 @@ def _source_identity(col: str, sources: dict[str, str], by_name: dict[str, Sink]
 
 
 def text_rows(
-    plan: TextPlan, sources: dict[str, str], catalog: pd.DataFrame, root: str, retry_errors: bool
+    plan: TextPlan,
+    sources: dict[str, str],
+    catalog: pd.DataFrame,
+    root: str,
+    retry_errors: bool,
+    staged: Collection[str] = (),
 ) -> pd.DataFrame:
     """Phase B input for one encoder: per item the source texts with their errors, and ``todo``.
 
     An item enters a feature set's todo only when every caption it needs has a row (ok or error) in
     its store; items still without captions wait for a later run instead of becoming error rows.
+    Caption stores named in ``staged`` are read from their rebuild (an ``--overwrite`` run).
     """
     from featurize.stores import CaptionStore
 
@@ -274,7 +283,7 @@ def text_rows(
         cols[col], cols[f"{col}_error"] = [None] * len(ids), [""] * len(ids)
         if col not in sources:
             continue
-        caps = CaptionStore(root, sources[col]).read().set_index("item_id")
+        caps = CaptionStore(root, sources[col], sources[col] in staged).read().set_index("item_id")
         have[col] = set(caps.index.tolist())
         text = caps["text"].astype(object).reindex(ids)
         err = caps["error"].astype(object).reindex(ids)
@@ -327,6 +336,18 @@ class FeaturizeResult:
         return "\n".join(lines)
 
 
+def _staged(plan: PipelinePlan, names: Collection[str]) -> PipelinePlan:
+    """``plan`` with the sinks of the stores in ``names`` writing into their staged rebuilds."""
+    if not names:
+        return plan
+
+    def mark(sinks: tuple[Sink, ...]) -> tuple[Sink, ...]:
+        return tuple(replace(s, staged=True) if s.name in names else s for s in sinks)
+
+    text = tuple(replace(t, sinks=mark(t.sinks)) for t in plan.text)
+    return replace(plan, captions=replace(plan.captions, sinks=mark(plan.captions.sinks)), text=text)
+
+
 def _backfill_clips(plan: PipelinePlan, catalog: pd.DataFrame, root: str, check: bool) -> dict[str, PlanRun]:
     """Decode only the items that have no clip metadata yet (stores written before the clip store)."""
     from featurize.stores import ClipStore
@@ -338,22 +359,52 @@ def _backfill_clips(plan: PipelinePlan, catalog: pd.DataFrame, root: str, check:
     if not rows.empty and first is not None and getattr(first.fn, "name", "") == "decode":
         logger.info("featurize: %d items need clip metadata only (decode)", len(rows))
         decode = Plan((first,), (), plan.captions.writer, clips=True)
-        runs["clips"] = run_plan(decode, rows.assign(todo="[]").reset_index(drop=True), root, "clips", check)
+        todo = rows.assign(todo="[]").reset_index(drop=True)
+        runs["clips"] = run_plan(
+            decode, todo, root, "clips", check, guard=str(Path(root, WORK, "inflight", "clips"))
+        )
     if store.parts():
         store.update_counts()
     return runs
 
 
 def run_featurize(cfg: FeaturizeConfig, plan: PipelinePlan | None = None) -> FeaturizeResult:
-    """Run both phases into ``cfg.store_root``; returns counts and timings (Ray must be initialised)."""
-    from featurize.catalog import load_catalog
+    """Run both phases into ``cfg.store_root``; returns counts and timings (Ray must be initialised).
+
+    Holds the write lock of every store it writes for the whole run: a second run on the same stores
+    refuses (``StoreBusyError``) naming the holder's pid and start time.
+    """
+
+    from featurize.store_lock import StoreLock, locked
+    from featurize.stores import ClipStore
 
     t0 = time.perf_counter()
     plan = plan or build_plan(cfg)
     root = cfg.store_root
+    stores = [s.store(root) for s in plan.sinks()] + ([ClipStore(root)] if plan.captions.clips else [])
+    with locked([StoreLock(s.lock_file, f"store {s.path}") for s in stores]):
+        return _run_locked(cfg, plan, t0)
+
+
+def _run_locked(cfg: FeaturizeConfig, plan: PipelinePlan, t0: float) -> FeaturizeResult:
+    """``run_featurize`` once it holds the write lock of every store it writes."""
+    from featurize.catalog import load_catalog
+
+    root = cfg.store_root
+    staged = set()
     for sink in plan.sinks():  # refuse a changed configuration before doing any work
         store = sink.store(root).open_for(sink.config_hash, sink.identity, overwrite=cfg.overwrite)
         store.update_counts()  # a resumed store's manifest counts what the killed run left
+        if store.staged:  # --overwrite: the new store is built beside the old, swapped in at the end
+            staged.add(sink.name)
+    plan = _staged(plan, staged)
+    inflight = Path(root, WORK, "inflight")
+    if cfg.retry_errors:  # error rows are redone, poison pills included: their deaths count afresh
+        shutil.rmtree(inflight, ignore_errors=True)
+
+    def guards(label: str) -> str:
+        return str(inflight / label)
+
     catalog = load_catalog(cfg.catalog)
     if cfg.limit is not None:
         catalog = catalog.head(cfg.limit)
@@ -362,15 +413,20 @@ def run_featurize(cfg: FeaturizeConfig, plan: PipelinePlan | None = None) -> Fea
     if plan.captions.sinks:
         rows = todo_rows(plan.captions, catalog[["item_id", "title", "video_path"]], root, cfg.retry_errors)
         logger.info("featurize: %d of %d items need captions or direct features", len(rows), len(catalog))
-        runs["captions"] = run_plan(plan.captions, rows, root, "captions", check)
+        runs["captions"] = run_plan(plan.captions, rows, root, "captions", check, guard=guards("captions"))
     if plan.captions.clips:
         runs |= _backfill_clips(plan, catalog, root, check)
     for tp in plan.text:
-        rows = text_rows(tp, plan.sources, catalog, root, cfg.retry_errors)
+        rows = text_rows(tp, plan.sources, catalog, root, cfg.retry_errors, staged)
         label = f"text.{tp.encoder}"
         logger.info("featurize: %d items need %s features", len(rows), label)
-        runs[label] = run_plan(Plan((tp.embed,), tp.sinks, plan.captions.writer), rows, root, label, check)
+        text_plan = Plan((tp.embed,), tp.sinks, plan.captions.writer)
+        runs[label] = run_plan(text_plan, rows, root, label, check, guard=guards(label))
+    # Every phase is complete: its error rows are in the stores, and its in-flight records are done with.
+    shutil.rmtree(inflight, ignore_errors=True)
     totals = {s.key: s.store(root).update_counts() for s in plan.sinks()}
+    for sink in plan.sinks():  # every phase is complete: the rebuilt stores replace the old ones
+        sink.store(root).publish()
     written: dict[str, Counter] = {}
     errors: dict[str, Counter] = {}
     for run in runs.values():

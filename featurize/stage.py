@@ -45,7 +45,11 @@ class StageSpec:
     min_actors: int = 1
     max_actors: int = 1
     max_restarts: int = 2
-    """How often Ray restarts a crashed actor of this pool (tasks on it are retried)."""
+    """How often Ray restarts a crashed actor of this pool (tasks on it are retried); -1: no bound."""
+    item_time_limit_s: float | None = None
+    """Time limit per item of a call (a call on n items gets n times it); None: none."""
+    batch_time_limit_s: float | None = None
+    """Time limit per call; None: none. Past a limit the worker is stopped and the items redone alone."""
 
 
 def upstream_error(batch: Batch, columns: tuple[str, ...], n: int) -> np.ndarray:

@@ -10,26 +10,32 @@
   before any vector of the store exists (width unknown) get a null-typed column; the first part with
   vectors rewrites them to the width, and readers here size them on the fly in between.
 
-A part is written to a hidden temporary name (``.part-…tmp``) in the same folder and renamed with
-``os.replace``, so a killed job never leaves a half-written part that a reader would accept; readers
-(this module, ``pd.read_parquet(folder)``, pyarrow datasets) ignore names starting with ``.`` or ``_``.
+A part (and the manifest) is written with ``featurize.durable.write_atomic``: a hidden temporary name
+(``.part-…tmp``) in the same folder, fsync, rename, folder fsync, so neither a killed job nor a power
+loss leaves a half-written part that a reader would accept; readers (this module,
+``pd.read_parquet(folder)``, pyarrow datasets) ignore names starting with ``.`` or ``_``. A part that
+still fails to open (damaged on disk, or written by an older version without fsync) is moved to
+``_quarantine/`` with a warning and its items count as missing, so a rerun redoes them.
 Part names are a hash of the sorted item ids, so a retried write of the same batch replaces its own
 earlier copy instead of duplicating it. When an item appears in several parts (a rerun with
 ``retry_errors``) the most recently written part wins.
 
 ``_manifest.json`` records what produced the store (models, prompt, frame sampling, config hash,
 package versions, counts ok/error). ``open_for`` refuses to mix a store with rows from a different
-configuration unless told to overwrite it.
+configuration unless told to overwrite it; overwriting builds the new store beside the old one (a
+*staged* store under ``<root>/.featurize/staging/``) and ``publish`` swaps it in only once the run is
+complete, so a failed or killed overwrite leaves the old store whole and readable. ``<root>/.featurize/``
+also holds the stores' write locks (``featurize.store_lock``) and other run bookkeeping.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -40,10 +46,15 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from featurize.durable import fsync_dir, quarantine, swap_dirs, write_atomic, write_bytes_atomic
+from featurize.messages import show
+
 MANIFEST = "_manifest.json"
 STATUSES = ("ok", "error")
 CAPTION_EXTRA_COLUMNS = ("transcript", "language", "events")
 """Optional string columns of audio caption stores (ASR transcript, its language, JSON sound events)."""
+WORK = ".featurize"
+"""Folder under a store root for run bookkeeping (locks, staged stores); no reader looks inside it."""
 _VOLATILE_KEYS = ("counts", "created_at", "updated_at", "packages")
 _PACKAGES = ("seewhy", "ray", "torch", "transformers", "sentence-transformers", "av", "vllm")
 
@@ -81,10 +92,19 @@ def _diff_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [prefix.rstrip(".") or "<root>"]
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+def read_part(path: Path, read: Callable[[Path], Any]) -> Any:
+    """``read(path)``, or None after moving an unreadable part to ``_quarantine/`` (its items are redone).
+
+    Another reader may have quarantined the same part a moment earlier: that is None too.
+    """
+    try:
+        return read(path)
+    except FileNotFoundError:
+        return None
+    except Exception as e:  # a torn or foreign file: keep it as evidence, redo its items
+        with contextlib.suppress(FileNotFoundError):
+            quarantine(path, f"{type(e).__name__}: {str(e)[:200]}")
+        return None
 
 
 class _Store:
@@ -92,17 +112,26 @@ class _Store:
 
     kind: ClassVar[str]
 
-    def __init__(self, root: str | os.PathLike[str], name: str) -> None:
+    def __init__(self, root: str | os.PathLike[str], name: str, staged: bool = False) -> None:
         if not name or "/" in name or name.startswith((".", "_")):
             raise StoreError(
                 f"store name {name!r} must be a non-empty file name not starting with '.' or '_'"
             )
         self.root = Path(root)
         self.name = name
-        self.path = self.root / self.kind / name
+        self.staged = staged
+        """True for the copy being rebuilt by an overwrite, until ``publish`` swaps it in."""
+        self.path = (
+            self.root / WORK / "staging" / self.kind / name if staged else self.root / self.kind / name
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.path)!r})"
+
+    @property
+    def lock_file(self) -> Path:
+        """The store's write lock (``featurize.store_lock``): hidden, beside the folder, outliving it."""
+        return self.root / WORK / "locks" / f"{self.kind}.{self.name}.lock"
 
     # -- parts -------------------------------------------------------------------------------------
     def parts(self) -> list[Path]:
@@ -122,24 +151,15 @@ class _Store:
             dup = pd.Series(ids)[pd.Series(ids).duplicated()].iloc[0]
             raise StoreError(f"{self}: item_id {dup} appears twice in one part")
         digest = hashlib.sha1(np.sort(ids).astype("<i8").tobytes()).hexdigest()[:20]
-        final = self.path / f"part-{digest}.parquet"
-        tmp = self.path / f".{final.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
-        self.path.mkdir(parents=True, exist_ok=True)
-        try:
-            pq.write_table(table, tmp)
-            os.replace(tmp, final)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return final
+        return write_atomic(self.path / f"part-{digest}.parquet", lambda tmp: pq.write_table(table, tmp))
 
     def _read_parts(self, columns: list[str] | None = None) -> pa.Table | None:
         tables = []
         normalise = self._normaliser()
         for p in self.parts():
-            try:
-                tables.append(normalise(pq.read_table(p, columns=columns)))
-            except Exception as e:  # a foreign or damaged file: name it instead of a bare Arrow error
-                raise StoreError(f"{self}: cannot read part {p}: {e}") from e
+            table = read_part(p, lambda f: pq.read_table(f, columns=columns))
+            if table is not None:
+                tables.append(normalise(table))
         if not tables:
             return None
         return pa.concat_tables(tables, promote_options="default")
@@ -183,14 +203,16 @@ class _Store:
 
     def _write_manifest(self, manifest: dict[str, Any]) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        _atomic_write_bytes(self.path / MANIFEST, json.dumps(manifest, indent=2, default=str).encode())
+        write_bytes_atomic(self.path / MANIFEST, json.dumps(manifest, indent=2, default=str).encode())
 
     def open_for(self, config_hash: str, manifest: dict[str, Any], overwrite: bool = False) -> _Store:
-        """Make the store ready to receive rows produced under ``config_hash``.
+        """The store to write rows produced under ``config_hash`` into: this one, or a staged rebuild.
 
         An empty store gets the manifest. A store written under the same hash is kept (a rerun appends
         only what is missing). A store written under another hash, or holding parts but no manifest,
-        raises StoreConfigError naming the differing keys, unless ``overwrite`` clears it first.
+        raises StoreConfigError naming the differing keys; with ``overwrite`` it is left as it is and
+        the staged store of the same name is returned instead (resumed when a killed overwrite left one
+        of this hash, else started empty): write there, then ``publish`` it once the run is complete.
         """
         now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         new = {
@@ -206,27 +228,51 @@ class _Store:
             self._write_manifest({**old, **new, "created_at": old.get("created_at", now), "updated_at": now})
             return self
         if old is not None or has_parts:
-            if not overwrite:
-                if old is None:
-                    why = "it holds parts but no manifest"
-                else:
-                    keys = [
-                        k
-                        for k in _diff_keys(old, new)
-                        if k.split(".")[0] not in _VOLATILE_KEYS and k != "config_hash"
-                    ]
-                    why = (
-                        f"it was written with config hash {old.get('config_hash')} and this run has "
-                        f"{config_hash}; differing keys: {', '.join(keys) or '(none besides the hash)'}"
-                    )
-                raise StoreConfigError(
-                    f"store {self.path} refuses rows from a different configuration: {why}. "
-                    "Use overwrite=True (--overwrite) to clear it, or give the new configuration a "
-                    "new store / feature-set name."
-                )
-            shutil.rmtree(self.path)
+            if self.staged:  # a rebuild of yet another configuration, never published: ours to clear
+                shutil.rmtree(self.path)
+            elif overwrite:
+                return type(self)(self.root, self.name, staged=True).open_for(config_hash, manifest, True)
+            else:
+                raise StoreConfigError(self._refusal(old, new, config_hash))
         self._write_manifest({**new, "counts": {"ok": 0, "error": 0}, "created_at": now, "updated_at": now})
         return self
+
+    def _refusal(self, old: dict[str, Any] | None, new: dict[str, Any], config_hash: str) -> str:
+        if old is None:
+            why = "it holds parts but no manifest"
+        else:
+            keys = [
+                k
+                for k in _diff_keys(old, new)
+                if k.split(".")[0] not in _VOLATILE_KEYS and k != "config_hash"
+            ]
+            why = (
+                f"it was written with config hash {old.get('config_hash')} and this run has "
+                f"{config_hash}; differing keys: {', '.join(keys) or '(none besides the hash)'}"
+            )
+        return (
+            f"store {self.path} refuses rows from a different configuration: {why}. "
+            "Use overwrite=True (--overwrite) to rebuild it (the old store stays until the new one is "
+            "complete), or give the new configuration a new store / feature-set name."
+        )
+
+    def publish(self) -> _Store:
+        """Swap a complete staged store in for the live store of its name; returns the live store.
+
+        The swap is one atomic ``renameat2(RENAME_EXCHANGE)`` where the system has it; the replaced
+        store is deleted afterwards. A store that is not staged is returned as it is.
+        """
+        if not self.staged:
+            return self
+        live = type(self)(self.root, self.name)
+        if live.path.exists():
+            swap_dirs(self.path, live.path)
+            shutil.rmtree(self.path)
+        else:
+            live.path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self.path, live.path)
+            fsync_dir(live.path.parent)
+        return live
 
     def update_counts(self) -> dict[str, int]:
         """Recount ok/error rows into the manifest (end of a run, or on resume); returns the counts."""
@@ -260,7 +306,7 @@ def _check_status(df: pd.DataFrame, store: _Store) -> tuple[np.ndarray, list[str
     bad = [i for i, s in enumerate(status) if s not in STATUSES]
     if bad:
         raise StoreError(
-            f"{store}: row {bad[0]} column 'status' is {status[bad[0]]!r}, expected one of {STATUSES}"
+            f"{store}: row {bad[0]} column 'status' is {show(status[bad[0]])}, expected one of {STATUSES}"
         )
     errors = ["" if e is None or (isinstance(e, float) and np.isnan(e)) else str(e) for e in df["error"]]
     for i, (s, e) in enumerate(zip(status, errors)):
@@ -288,7 +334,7 @@ class CaptionStore(_Store):
         for i, (s, t) in enumerate(zip(status, text)):
             if s == "ok" and not isinstance(t, str):
                 raise StoreError(
-                    f"{self}: row {i} (item_id {df['item_id'].iloc[i]}) is ok but 'text' is {t!r}"
+                    f"{self}: row {i} (item_id {df['item_id'].iloc[i]}) is ok but 'text' is {show(t)}"
                 )
         cols: dict[str, pa.Array] = {
             "item_id": pa.array(_column(df, self, "item_id").to_numpy(dtype=np.int64), pa.int64()),
@@ -329,7 +375,8 @@ class FeatureStore(_Store):
         if m.get("dim"):
             return int(m["dim"])
         for p in self.parts():
-            t = pq.read_schema(p).field("vector").type
+            schema = read_part(p, pq.read_schema)
+            t = schema.field("vector").type if schema is not None else pa.null()
             if pa.types.is_fixed_size_list(t):
                 return int(t.list_size)
         return None
@@ -392,14 +439,20 @@ class FeatureStore(_Store):
         if d is None:
             return
         for p in self.parts():
-            if pa.types.is_null(pq.read_schema(p).field("vector").type):
+            schema = read_part(p, pq.read_schema)
+            if schema is None or not pa.types.is_null(schema.field("vector").type):
+                continue
+            table = read_part(p, pq.read_table)
+            if table is not None:
                 st = p.stat()
-                table = self._sized(pq.read_table(p), d)
-                tmp = p.with_name(f".{p.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-                pq.write_table(table, tmp)
-                # Keep the part's age: "the most recent part wins" must not change by this rewrite.
-                os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
-                os.replace(tmp, p)  # same name, same rows: readers see the old or the new file
+                sized = self._sized(table, d)
+
+                def write(tmp: Path, sized: pa.Table = sized, st: os.stat_result = st) -> None:
+                    pq.write_table(sized, tmp)
+                    # Keep the part's age: "the most recent part wins" must not change by this rewrite.
+                    os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+                write_atomic(p, write)  # same name, same rows: readers see the old or the new file
 
     @staticmethod
     def _sized(table: pa.Table, d: int) -> pa.Table:
@@ -466,6 +519,7 @@ class ClipStore(_Store):
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
         self.name = "clips"
+        self.staged = False
         self.path = self.root / self.kind
 
     def _to_table(self, data: pa.Table | pd.DataFrame) -> pa.Table:

@@ -92,6 +92,8 @@ def cmd_featurize(args: argparse.Namespace) -> int:
     tree = load_tree(args.config, args.set)
     if args.overwrite:
         tree["overwrite"] = True
+    if args.retry_errors:
+        tree["retry_errors"] = True
     # Relative paths resolve against the working directory, as in `seewhy run`.
     cfg = validate(FeaturizeConfig, tree, args.config, context={"base_dir": str(Path.cwd())})
     init_ray(args.address, args.num_cpus, None)
@@ -202,7 +204,16 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(f, "ray_jobs/configs/featurize/offline.yaml", "featurize")
     f.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray")
     f.add_argument("--address", default=None, help="Ray cluster address ('auto'); default: a local Ray")
-    f.add_argument("--overwrite", action="store_true", help="clear stores written with another configuration")
+    f.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="rebuild stores written with another configuration (swapped in when complete)",
+    )
+    f.add_argument(
+        "--retry-errors",
+        action="store_true",
+        help="process again the items whose last row is an error (poison pills and time-outs included)",
+    )
     f.set_defaults(fn=cmd_featurize)
 
     t = sub.add_parser("tune", help="Ray Tune sweep of the protocol over representations x models x seeds")

@@ -109,3 +109,40 @@ def test_config_and_missing_inputs(tmp_path):
         load_catalog(CatalogConfig(videos_dir=str(tmp_path / "absent")))
     err = CatalogError("/x/t.csv", "bad", row=2, column="item")
     assert str(pickle.loads(pickle.dumps(err))) == str(err) == "t.csv line 2, column 'item': bad"
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "needle"),
+    [
+        (
+            'item,title\n1,a\n2,"an open quote\n3,c\n4,d\n',
+            3,
+            "unterminated quote: a quote opened in the record",
+        ),
+        ("item,title\n1,a\n2," + "x" * 140_000 + "\n3,c\n", 3, "a field is longer than 131,072 characters"),
+        ('2,"headerless and open\n3,c\n', 1, "unterminated quote"),
+    ],
+)
+def test_unterminated_quote_and_huge_field_name_the_line(tmp_path, text, line, needle):
+    with pytest.raises(CatalogError) as err:
+        load_catalog(CatalogConfig(titles=str(write(tmp_path / TITLES, text))))
+    assert err.value.row == line and str(err.value).startswith(f"{TITLES} line {line}: {needle}")
+    assert len(str(err.value)) < 400
+
+
+def test_a_quote_inside_a_title_is_still_read_leniently(tmp_path):
+    titles = write(tmp_path / TITLES, 'item,title\n1,"quoted" then more\n2,say "hi"\n')
+    assert load_catalog(CatalogConfig(titles=str(titles)))["title"].tolist() == [
+        "quoted then more",
+        'say "hi"',
+    ]
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["item,title\n" + "9" * 5000 + "x,a\n", "id," + "n" * 5000 + "\n1,a\n"],
+)
+def test_error_messages_truncate_the_offending_value(tmp_path, text):
+    with pytest.raises(CatalogError) as err:
+        load_catalog(CatalogConfig(titles=str(write(tmp_path / TITLES, text))))
+    assert len(str(err.value)) < 600 and "chars)" in str(err.value)

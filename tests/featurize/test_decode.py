@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -246,3 +247,66 @@ def test_stage_runs_in_ray_data(ray_local, clips):
     assert "empty.mp4" in rows[1]["decode_error"] and rows[1]["frames"] is None
     assert rows[3]["decode_error"] == "no video file for this item"
     assert rows[4]["frames"] is None and len(rows[4]["audio"]) == 24000
+
+
+def _late_audio_clip(path, start_s: float):
+    """A 1 s 64x48 video whose audio stream starts at ``start_s`` (a hostile or broken muxer)."""
+    import av
+
+    c = av.open(str(path), "w")
+    vs = c.add_stream("libx264", rate=10)
+    vs.width, vs.height, vs.pix_fmt = 64, 48, "yuv420p"
+    as_ = c.add_stream("aac", rate=16000)
+    as_.layout = "mono"
+    for i in range(10):
+        f = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 20 * i, np.uint8), format="rgb24")
+        f.pts = i
+        for p in vs.encode(f):
+            c.mux(p)
+    for p in vs.encode(None):
+        c.mux(p)
+    for k in range(10):
+        a = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        a.sample_rate, a.pts = 16000, int(start_s * 16000) + k * 1024
+        for p in as_.encode(a):
+            c.mux(p)
+    for p in as_.encode(None):
+        c.mux(p)
+    c.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def small_clip(tmp_path_factory):
+    return make_clip(tmp_path_factory.mktemp("guard") / "c.mp4", width=64, height=48, fps=10, seconds=1.0)
+
+
+@pytest.mark.parametrize(
+    ("limit", "message"),
+    [
+        (
+            {"max_source_pixels": 64 * 48 - 1},
+            r"resolution 64x48 \(3,072 pixels\) is over decode.max_source_pixels",
+        ),
+        ({"max_streams": 1}, "2 streams, more than decode.max_streams = 1"),
+        (
+            {"max_demux_mb": 0.001},
+            r"over 0.001 MiB of packets \(decode.max_demux_mb\) before the end of the window",
+        ),
+    ],
+)
+def test_memory_guards_refuse_before_decoding(small_clip, limit, message):
+    clip = decode_clip(small_clip.path, DecodeConfig(num_frames=2, **limit))
+    assert clip.frames is None and clip.audio is None
+    assert re.search(message, clip.error) and str(small_clip.path) in clip.error
+    assert decode_clip(small_clip.path, DecodeConfig(num_frames=2)).error == ""  # the defaults let it be
+
+
+def test_an_absurd_stream_start_is_refused_not_padded(tmp_path):
+    path = _late_audio_clip(tmp_path / "late.mp4", 5000.0)  # 5000 s of silence = 80 M samples
+    clip = decode_clip(path, DecodeConfig(num_frames=2))
+    assert "the audio stream starts at t = 4999.9" in clip.error and clip.audio is None
+    assert "decode.max_start_offset_s = 3600 s" in clip.error
+    late = decode_clip(path, DecodeConfig(num_frames=2, max_start_offset_s=1e4))
+    assert late.error == "" and late.audio.shape == (30 * 16000,)  # allowed: silent 30 s window
+    assert not late.audio.any()

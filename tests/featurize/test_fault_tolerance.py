@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -184,3 +185,59 @@ def test_rerun_does_no_work_and_changed_config_is_refused(clean, clip_catalog):
         .startswith("4 frames")
     )
     assert FeatureStore(root, "mllm-video.frame-stats-2.hash").counts()["ok"] == len(GOOD) + 1
+
+
+def test_second_featurize_on_the_same_stores_refuses(ray_local, clip_catalog, tmp_path):
+    from featurize.store_lock import StoreBusyError, StoreLock
+
+    cfg = fault_config(clip_catalog, tmp_path, text_encoders=[])
+    lock = CaptionStore(tmp_path, VIDEO_STORE).lock_file
+    busy = rf"mllm-video.frame-stats is being written by another run \(pid {os.getpid()}"
+    # Another run holds the caption store.
+    with StoreLock(lock, "the first run"), pytest.raises(StoreBusyError, match=busy):
+        run_featurize(cfg, fault_plan(cfg))
+    assert CaptionStore(tmp_path, VIDEO_STORE).parts() == []  # refused before any work
+    run_featurize(cfg, fault_plan(cfg))  # released: the next run goes ahead
+    assert len(CaptionStore(tmp_path, VIDEO_STORE).done_ids()) == len(clip_catalog["ids"])
+
+
+def test_overwrite_builds_beside_the_old_store_and_swaps_when_complete(ray_local, clip_catalog, tmp_path):
+    cfg = fault_config(clip_catalog, tmp_path, text_encoders=[])
+    run_featurize(cfg, fault_plan(cfg))
+    before = CaptionStore(tmp_path, VIDEO_STORE).read()
+    changed = fault_config(clip_catalog, tmp_path, text_encoders=[], decode={"num_frames": 2}, overwrite=True)
+    wrong = changed.model_copy(
+        update={"catalog": changed.catalog.model_copy(update={"titles": "/nowhere.csv"})}
+    )
+    with pytest.raises(FileNotFoundError, match=r"nowhere\.csv"):
+        run_featurize(wrong, fault_plan(wrong))  # a wrong path: the old store is still all there
+    pd.testing.assert_frame_equal(CaptionStore(tmp_path, VIDEO_STORE).read(), before)
+    run_featurize(changed, fault_plan(changed))
+    after = CaptionStore(tmp_path, VIDEO_STORE)
+    assert after.manifest()["frame_sampling"]["num_frames"] == 2
+    assert after.read().set_index("item_id").loc[GOOD[0], "text"].startswith("2 frames of 64x48")
+    assert len(after.read()) == len(before)
+    assert not any((tmp_path / ".featurize" / "staging" / "captions").iterdir())
+
+
+def test_poison_pill_and_hung_item_become_error_rows_and_the_job_goes_on(ray_local, clip_catalog, tmp_path):
+    from tests.featurize.faulty import Misbehaving
+
+    poison, hang = GOOD[1], GOOD[4]
+    cfg = fault_config(clip_catalog, tmp_path, text_encoders=[])
+    plan = fault_plan(cfg, captioner=Misbehaving, poison=(poison,), hang=(hang,))
+    spec = replace(plan.captions.stages[1], max_restarts=-1, batch_time_limit_s=3.0)
+    plan = replace(plan, captions=replace(plan.captions, stages=(plan.captions.stages[0], spec)))
+    run_featurize(cfg, plan)
+    _assert_each_item_once(tmp_path, clip_catalog["ids"], features=())
+    caps = CaptionStore(tmp_path, VIDEO_STORE).read().set_index("item_id")
+    assert caps.loc[poison, "error"].startswith(
+        "testcap: worker died while processing this item (2 times): the worker process (pid "
+    )
+    assert caps.loc[hang, "error"].startswith("testcap: over its time limit of 3 s (in File ")
+    assert caps.loc[hang, "error"].endswith("the worker was stopped")
+    others = [i for i in (*GOOD, SILENT) if i not in (poison, hang)]
+    assert (caps.loc[others, "status"] == "ok").all()
+    assert not (tmp_path / ".featurize" / "inflight").exists()
+    rerun = run_featurize(cfg, plan)  # error rows are not retried: the rerun has nothing to do
+    assert rerun.items["captions"] == 0

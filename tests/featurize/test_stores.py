@@ -135,9 +135,29 @@ def test_open_for_refuses_a_different_config_unless_overwrite(tmp_path):
     with pytest.raises(StoreConfigError, match=r"captions/c .*identity\.prompt\.version"):
         store.open_for(h2, m2)
     assert store.done_ids() == {1, 2}  # nothing lost by the refusal
-    store.open_for(h2, m2, overwrite=True)
-    assert store.done_ids() == set()
+    staged = store.open_for(h2, m2, overwrite=True)
+    assert staged.staged and staged.path != store.path and staged.done_ids() == set()
+    assert store.done_ids() == {1, 2} and store.manifest()["config_hash"] == h1  # old kept meanwhile
+    staged.write_part(_captions([3]))
+    # A killed overwrite run resumes its rebuild; another configuration's rebuild would be cleared.
+    again = store.open_for(h2, m2, overwrite=True)
+    assert again.path == staged.path and again.done_ids() == {3}
+    live = again.publish()
+    assert live.path == store.path and not staged.path.exists()
+    assert store.done_ids() == {3}
     assert json.loads((store.path / "_manifest.json").read_text())["config_hash"] == h2
+    assert [p.name for p in staged.path.parent.iterdir()] == []  # the replaced store is gone
+
+
+def test_swap_dirs_exchanges_two_folders(tmp_path):
+    from featurize.durable import swap_dirs
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x").write_text("a")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "x").write_text("b")
+    swap_dirs(tmp_path / "a", tmp_path / "b")
+    assert (tmp_path / "a" / "x").read_text() == "b" and (tmp_path / "b" / "x").read_text() == "a"
 
 
 def test_parts_without_manifest_are_refused(tmp_path):
@@ -189,3 +209,52 @@ def test_sizing_an_old_error_part_keeps_its_age(tmp_path):
     assert old.stat().st_mtime_ns == 10**18
     # ... stays older than the retry that fixed item 1
     assert store.read()["status"].tolist() == ["ok", "error"]
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated"])
+def test_a_torn_part_is_quarantined_and_its_items_redone(tmp_path, damage):
+    store = CaptionStore(tmp_path, "c")
+    store.open_for("h", {})
+    store.write_part(_captions([1, 2]))
+    torn = store.write_part(_captions([3, 4]))
+    data = torn.read_bytes()
+    torn.write_bytes(b"" if damage == "empty" else data[: len(data) // 2])
+    with pytest.warns(UserWarning, match=f"{torn.name}: unreadable"):
+        assert store.done_ids() == {1, 2}  # never raises: items 3 and 4 are missing, so redone
+    assert not torn.exists()
+    assert [p.name.split(".parquet")[0] for p in (store.path / "_quarantine").iterdir()] == [
+        torn.name.removesuffix(".parquet")
+    ]
+    assert store.read()["item_id"].tolist() == [1, 2] and store.counts() == {"ok": 2, "error": 0}
+    store.write_part(_captions([3, 4]))  # the redone items are written again
+    assert store.done_ids() == {1, 2, 3, 4}
+
+
+def test_a_torn_part_of_a_feature_store_does_not_break_its_width(tmp_path):
+    store = FeatureStore(tmp_path, "f")
+    store.open_for("h", {})
+    torn = store.write_part(
+        pd.DataFrame({"item_id": [1], "vector": [np.ones(3)], "status": "ok", "error": ""})
+    )
+    torn.write_bytes(b"PAR1")
+    with pytest.warns(UserWarning, match="unreadable"):
+        assert store.done_ids() == set()
+    assert store.dim() == 3  # the manifest recorded it before the damage
+
+
+def test_parts_and_manifests_are_fsynced_before_the_rename(tmp_path, monkeypatch):
+    synced: list[str] = []
+    real = os.fsync
+
+    def spy(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    store = CaptionStore(tmp_path, "c")
+    store.open_for("h", {})
+    part = store.write_part(_captions([1]))
+    temps = [s for s in synced if os.path.basename(s).startswith(".")]
+    assert any(".part-" in s for s in temps) and any("_manifest.json" in s for s in temps)
+    assert str(store.path) in synced  # the folder entry of the rename is made durable too
+    assert part.exists()

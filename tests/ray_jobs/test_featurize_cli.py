@@ -8,8 +8,6 @@ import pytest
 from featurize.testclips import CodecUnavailable, make_broken, make_clip
 from ray_jobs.cli import main
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture(scope="module")
 def catalog(tmp_path_factory):
@@ -38,6 +36,7 @@ def catalog(tmp_path_factory):
     return root, made
 
 
+@pytest.mark.integration
 def test_featurize_cli_every_item_once_then_no_work(ray_local, catalog, tmp_path, capsys):
     root, made = catalog
     args = [
@@ -77,3 +76,26 @@ def test_featurize_cli_every_item_once_then_no_work(ray_local, catalog, tmp_path
         " 0       0 " in line or "wall time" in line or "store" in line or "---" in line or "stores:" in line
         for line in again.strip().splitlines()
     ), again
+
+
+@pytest.mark.parametrize("flags", [[], ["--retry-errors"], ["--overwrite", "--retry-errors"]])
+def test_featurize_cli_flags_reach_the_config(monkeypatch, tmp_path, flags):
+    import featurize.pipeline
+    import ray_jobs.cli
+
+    seen = {}
+
+    class Result:
+        def table(self) -> str:
+            return ""
+
+    monkeypatch.setattr(ray_jobs.cli, "init_ray", lambda *a: None)
+    monkeypatch.setattr(
+        featurize.pipeline, "run_featurize", lambda cfg: seen.setdefault("cfg", cfg) and Result()
+    )
+    config = ["--config", "ray_jobs/configs/featurize/offline.yaml", "--set", f"store_root={tmp_path}"]
+    with pytest.raises(SystemExit) as e:
+        main(["featurize", *config, *flags])
+    assert e.value.code == 0
+    assert seen["cfg"].retry_errors == ("--retry-errors" in flags)
+    assert seen["cfg"].overwrite == ("--overwrite" in flags)
