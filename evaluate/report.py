@@ -4,12 +4,14 @@ The results table has one row per (run, test case): ``model, feature_set, day, u
 rank`` plus optional ``cold_start``, ``stand_in`` (see ``metrics.check_results``) and ``duration_s``
 (the clip length of the target item, NaN when unknown: ``duration_markdown``). Every number
 is derived from the ranks; every delta is printed with the p-value of a paired t-test over the same
-cases (and, in a second table, over per-day means).
+cases (and, in a second table, over per-day means) and its Benjamini-Hochberg q-value among all the
+tests of that table.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,7 @@ import pandas as pd
 
 from evaluate.metrics import KS, METRICS, check_results
 from evaluate.plots import LABELS, plot_bars, plot_days, run_order, stand_in_runs
-from evaluate.significance import PairedTest, align_runs, paired_on
+from evaluate.significance import PairedTest, align_runs, bh_qvalues, paired_on
 
 __all__ = ["duration_markdown", "plot_bars", "plot_days", "summarize", "table1_markdown", "write_report"]
 
@@ -60,15 +62,34 @@ def _md(text: str) -> str:
     return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("*", "\\*").replace("_", "\\_")
 
 
-def _p(p: float) -> str:
-    if p != p:  # NaN
-        return "p=n/a"
-    return "p<0.001" if p < 0.001 else f"p={p:.3f}"
+def _pq(name: str, value: float) -> str:
+    if value != value:  # NaN
+        return f"{name}=n/a"
+    return f"{name}<0.001" if value < 0.001 else f"{name}={value:.3f}"
 
 
-def _delta(test: PairedTest) -> str:
+def _delta(test: PairedTest, q: float) -> str:
     rel = "n/a" if test.rel_delta != test.rel_delta else f"{test.rel_delta:+.1%}"
-    return f"{rel}, {_p(test.p)}"
+    return f"{rel}, {_pq('p', test.p)}, {_pq('q', q)}"
+
+
+@dataclass(frozen=True)
+class _Row:
+    """One representation of Table 1 with its tests against the model's baseline (none for a baseline)."""
+
+    model: str
+    feature_set: str
+    name: str
+    is_base: bool
+    case_tests: list[PairedTest]
+    day_tests: list[PairedTest]
+    n_days: int
+
+
+def _delta_cells(tests: list[list[PairedTest]]) -> list[list[str]]:
+    """Format each row's tests with its q-value: Benjamini-Hochberg over every test of the table."""
+    q = iter(bh_qvalues([t.p for row in tests for t in row]))
+    return [[_delta(t, next(q)) for t in row] for row in tests]
 
 
 def _baselines(cases: pd.DataFrame, baselines: dict[str, str] | None) -> dict[str, str]:
@@ -100,8 +121,9 @@ def table1_markdown(
 ) -> str:
     """The paper's Table 1: representations grouped by model, HR@K and nDCG@K for K in ``ks``.
 
-    Each value of a non-baseline row is followed by its relative delta vs the model's baseline row
-    and the paired t-test p-value over cases, e.g. ``0.0489 (+24.4%, p=0.003)``. ``baselines`` maps
+    Each value of a non-baseline row is followed by its relative delta vs the model's baseline row,
+    the paired t-test p-value over cases and its Benjamini-Hochberg q-value over all the tests of the
+    table, e.g. ``0.0489 (+24.4%, p=0.003, q=0.010)``. ``baselines`` maps
     model -> feature_set (default: "id" where present; models without one get no deltas). A model
     such as ``most-popular`` is simply its own group. Stand-in runs are flagged with †. A second
     table gives the deltas with p-values over per-day means.
@@ -112,14 +134,9 @@ def table1_markdown(
     summary = summarize(cases, ks).query("day == 'all'").set_index(["model", "feature_set", "k"])
     cols = [(name, k) for name in METRICS for k in ks]
     header = [f"{LABELS.get(name, name)}@{k}" for name, k in cols]
-    lines = [f"**{title}**", ""] if title else []
-    lines += ["| Representation | " + " | ".join(header) + " | n_cases |", "|---" * (len(cols) + 2) + "|"]
-    day_rows = []
-    current = None
+    # First every test of the table, then the cells: a q-value depends on the whole family.
+    rows = []
     for model, feature_set in run_order(cases):
-        if model != current:
-            current = model
-            lines.append(f"| *{_md(model)}* |" + " |" * (len(cols) + 1))
         name = _md(feature_set) + (" †" if (model, feature_set) in stand_ins else "")
         is_base = base.get(model) == feature_set
         aligned = (
@@ -127,23 +144,35 @@ def table1_markdown(
             if is_base or model not in base
             else align_runs(cases, (model, base[model]), (model, feature_set))
         )
-        cells, day_cells = [], []
-        for metric, k in cols:
-            value = f"{summary.loc[(model, feature_set, k), metric]:.4f}"
-            if aligned is not None:
-                value += f" ({_delta(paired_on(aligned, k, metric, 'cases'))})"
-                day_cells.append(_delta(paired_on(aligned, k, metric, "days")))
-            cells.append(value)
-        if is_base:
-            name += " (baseline)"
-        n_cases = int(summary.loc[(model, feature_set, ks[0]), "n_cases"])
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {n_cases} |")
-        if aligned is not None:
-            n_days = aligned["day"].nunique()
-            day_rows.append(
-                f"| {_md(model)} | {name} | {_md(base[model])} | " + " | ".join(day_cells) + f" | {n_days} |"
-            )
-    notes = ["", "Deltas: relative to the model's baseline row; p: paired t-test over the same test cases."]
+        case_tests = [] if aligned is None else [paired_on(aligned, k, m, "cases") for m, k in cols]
+        day_tests = [] if aligned is None else [paired_on(aligned, k, m, "days") for m, k in cols]
+        n_days = 0 if aligned is None else aligned["day"].nunique()
+        rows.append(_Row(model, feature_set, name, is_base, case_tests, day_tests, n_days))
+    case_cells = _delta_cells([r.case_tests for r in rows])
+    day_cells = _delta_cells([r.day_tests for r in rows])
+    lines = [f"**{title}**", ""] if title else []
+    lines += ["| Representation | " + " | ".join(header) + " | n_cases |", "|---" * (len(cols) + 2) + "|"]
+    day_rows = []
+    current = None
+    for row, deltas, day_deltas in zip(rows, case_cells, day_cells):
+        if row.model != current:
+            current = row.model
+            lines.append(f"| *{_md(row.model)}* |" + " |" * (len(cols) + 1))
+        values = [f"{summary.loc[(row.model, row.feature_set, k), metric]:.4f}" for metric, k in cols]
+        cells = [f"{v} ({d})" for v, d in zip(values, deltas)] if deltas else values
+        n_cases = int(summary.loc[(row.model, row.feature_set, ks[0]), "n_cases"])
+        baseline_mark = " (baseline)" if row.is_base else ""
+        lines.append(f"| {row.name}{baseline_mark} | " + " | ".join(cells) + f" | {n_cases} |")
+        if day_deltas:
+            vs = f"| {_md(row.model)} | {row.name} | {_md(base[row.model])} | "
+            day_rows.append(vs + " | ".join(day_deltas) + f" | {row.n_days} |")
+    n_case_tests = sum(len(r.case_tests) for r in rows)
+    notes = [
+        "",
+        "Deltas: relative to the model's baseline row; p: paired t-test over the same test cases; "
+        f"q: Benjamini-Hochberg adjusted p-value over the {n_case_tests} tests of this table "
+        "(false discovery rate).",
+    ]
     if stand_ins:
         notes.append(STAND_IN_NOTE)
     lines += notes
@@ -155,6 +184,8 @@ def table1_markdown(
             "| Model | Representation | vs | " + " | ".join(header) + " | n_days |",
             "|---" * (len(cols) + 4) + "|",
             *day_rows,
+            "",
+            f"q: Benjamini-Hochberg adjusted p-value over the {sum(len(r.day_tests) for r in rows)} tests of this table.",
         ]
     return "\n".join(lines) + "\n"
 

@@ -8,6 +8,7 @@ a paired t-test; every delta a report prints comes with the p-value from here.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -73,6 +74,27 @@ def paired_ttest(a: np.ndarray, b: np.ndarray) -> PairedTest:
         warnings.simplefilter("ignore", RuntimeWarning)
         res = stats.ttest_rel(b, a)
     return PairedTest(mean_a, mean_b, delta, rel, float(res.statistic), float(res.pvalue), n)
+
+
+def bh_qvalues(p: Sequence[float]) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (q-values) of one family of tests.
+
+    A table of Table 1 runs dozens of paired tests; the q-value of a test is the smallest false
+    discovery rate at which it would be called significant (scipy.stats.false_discovery_control,
+    method "bh"). Undefined p-values (NaN) are not tests: they stay NaN and do not enlarge the family.
+    """
+    p = np.asarray(p, dtype=np.float64)
+    if p.ndim != 1:
+        raise ValueError(f"bh_qvalues: expected a 1-D array of p-values, got shape {p.shape}")
+    defined = ~np.isnan(p)
+    if ((p[defined] < 0) | (p[defined] > 1)).any():
+        raise ValueError(f"bh_qvalues: p-values must lie in [0, 1], got {p[defined].tolist()[:20]}")
+    q = np.full(p.shape, np.nan)
+    if defined.any():
+        from scipy import stats
+
+        q[defined] = stats.false_discovery_control(p[defined], method="bh")
+    return q
 
 
 def _run_rows(cases: pd.DataFrame, run: Run) -> pd.DataFrame:

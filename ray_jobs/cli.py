@@ -9,6 +9,9 @@ seewhy tune --config X.yaml [--set ...]            Ray Tune sweep: representatio
 seewhy submit [--address URL] -- <subcommand ...>  run a subcommand on a Ray cluster (Ray Jobs)
 seewhy submit --status|--logs|--stop ID            a submitted job's status, logs; stop it
 seewhy plan --config X.yaml [--cluster C.yaml]     resources, memory and time of a job, no model loaded
+
+Every subcommand that takes --config also takes --print-config: print the resolved configuration
+(preset + overrides + defaults) as YAML and exit.
 """
 
 from __future__ import annotations
@@ -27,7 +30,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ray_jobs.config import load_config
     from ray_jobs.protocol import run
 
-    return _run_and_report(load_config(args.config, args.set), run)
+    cfg = load_config(args.config, args.set)
+    if args.print_config:
+        return _print_config(cfg)
+    return _run_and_report(cfg, run)
+
+
+def _print_config(cfg) -> int:
+    """``--print-config``: the resolved configuration (a pydantic model) as YAML on stdout."""
+    import yaml
+
+    print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
+    return 0
 
 
 def _run_and_report(cfg, job) -> int:
@@ -96,6 +110,8 @@ def cmd_featurize(args: argparse.Namespace) -> int:
         tree["retry_errors"] = True
     # Relative paths resolve against the working directory, as in `seewhy run`.
     cfg = validate(FeaturizeConfig, tree, args.config, context={"base_dir": str(Path.cwd())})
+    if args.print_config:
+        return _print_config(cfg)
     init_ray(args.address, args.num_cpus, None)
     result = run_featurize(cfg)
     print(result.table())
@@ -106,7 +122,10 @@ def cmd_featurize(args: argparse.Namespace) -> int:
 def cmd_tune(args: argparse.Namespace) -> int:
     from ray_jobs.tune import load_tune_config, run_sweep
 
-    return _run_and_report(load_tune_config(args.config, args.set), run_sweep)
+    cfg = load_tune_config(args.config, args.set)
+    if args.print_config:
+        return _print_config(cfg)
+    return _run_and_report(cfg, run_sweep)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -141,8 +160,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from ray_jobs.estimate import cluster_from_args, make_estimate
+    from ray_jobs.estimate import cluster_from_args, load_job_config, make_estimate
 
+    if args.print_config:
+        return _print_config(load_job_config(args.config, args.set))
     cluster = cluster_from_args(args.cluster, args.gpus, args.cpus, args.gpu_mem_gb, args.nodes)
     print(make_estimate(args.config, args.set, cluster, args.n_items, args.rate).markdown())
     return 0
@@ -156,23 +177,37 @@ CONFIG_CLASSES = {
 """The config class of each config-driven subcommand (its keys are what --config and --set accept)."""
 
 
-def _config_args(parser: argparse.ArgumentParser, example: str, command: str) -> None:
+def _config_args(parser: argparse.ArgumentParser, example: str, command: str | None = None) -> None:
     """The ``--config`` preset, repeatable ``--set`` overrides and ``--help-config`` of a subcommand."""
     parser.add_argument("--config", required=True, help=f"YAML preset, e.g. {example}")
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a key (repeatable)"
     )
+    if command is not None:  # `plan` takes any kind of config
+        parser.add_argument(
+            "--help-config",
+            action=help_action(CONFIG_CLASSES[command], f"seewhy {command}: config keys (YAML and --set)"),
+            help="list every config key with its type, default and meaning, then exit",
+        )
     parser.add_argument(
-        "--help-config",
-        action=help_action(CONFIG_CLASSES[command], f"seewhy {command}: config keys (YAML and --set)"),
-        help="list every config key with its type, default and meaning, then exit",
+        "--print-config", action="store_true", help="print the resolved configuration as YAML and exit"
     )
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("seewhy")
+    except PackageNotFoundError:  # run from a checkout (ray job submit --working-dir .)
+        return "unknown (not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="seewhy", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    p.add_argument("--version", action="version", version=f"seewhy {_version()}", help="print the version")
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="run the evaluation protocol end to end and write a run folder")
@@ -190,14 +225,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(fn=cmd_demo)
 
     rep = sub.add_parser("report", help="re-render the report of a finished run folder")
-    rep.add_argument("run_dir")
-    rep.add_argument("--title", default=None)
+    rep.add_argument("run_dir", help="a finished run folder (holds results/cases.parquet)")
+    rep.add_argument("--title", default=None, help="report title (default: the run folder's name)")
     rep.set_defaults(fn=cmd_report)
 
     g = sub.add_parser("generate", help="write a synthetic MicroLens-format interaction log")
-    g.add_argument("out_dir")
-    g.add_argument("--preset", choices=["small", "medium", "microlens_100k"], default="small")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("out_dir", help="folder to write the log into")
+    g.add_argument(
+        "--preset", choices=["small", "medium", "microlens_100k"], default="small", help="size of the log"
+    )
+    g.add_argument("--seed", type=int, default=0, help="generator seed (the same seed, the same files)")
     g.set_defaults(fn=cmd_generate)
 
     f = sub.add_parser("featurize", help="turn a catalogue of videos into caption and feature stores")
@@ -245,8 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_submit)
 
     pl = sub.add_parser("plan", help="resolve a featurize/run config into stages, resources, memory and time")
-    pl.add_argument("--config", required=True)
-    pl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    _config_args(pl, "ray_jobs/configs/quickstart.yaml")
     pl.add_argument("--cluster", default=None, help="Ray cluster launcher YAML, e.g. cluster.yaml")
     pl.add_argument("--gpus", type=int, default=None, help="GPUs per node (instead of --cluster)")
     pl.add_argument("--cpus", type=int, default=None, help="CPUs per node (instead of --cluster)")
@@ -278,7 +314,35 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, FileNotFoundError) as e:
         print(f"seewhy: error: {e}", file=sys.stderr)
         code = 2
+    except Exception as e:
+        message = _job_stopped(e)
+        if message is None:
+            raise
+        print(f"seewhy: error: {message}", file=sys.stderr)
+        code = 1
     sys.exit(code)
+
+
+def _loaded(module: str, name: str) -> type | None:
+    """A class of an already imported module (an exception of a module never imported was never raised)."""
+    return getattr(sys.modules.get(module), name, None)
+
+
+def _job_stopped(e: Exception) -> str | None:
+    """One line for a job that ran and stopped (a featurize run, failed trials, a failed training).
+
+    None for anything else: a bug keeps its traceback. The classes are looked up, not imported at
+    the top, so ``seewhy --help`` stays light.
+    """
+    stopped = [_loaded("featurize.graph", "RunStopped"), _loaded("ray_jobs.tune", "TrialsFailed")]
+    if any(cls and isinstance(e, cls) for cls in stopped):
+        return " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+    failed = _loaded("ray.train", "TrainingFailedError")
+    if failed and isinstance(e, failed):
+        from featurize.graph import root_cause
+
+        return f"training failed ({type(e).__name__}): {root_cause(e)}"
+    return None
 
 
 if __name__ == "__main__":

@@ -85,6 +85,10 @@ class SweepConfig(BaseModel):
         return v
 
 
+class TrialsFailed(RuntimeError):
+    """Some trials of a sweep failed; the message names each with its error (the CLI prints it, no traceback)."""
+
+
 class TuneConfig(RunConfig):
     """One `seewhy tune`: a run config whose experiment grid is swept with Ray Tune, plus ``sweep``."""
 
@@ -275,7 +279,7 @@ def _tune(cfg: TuneConfig, prep: Prepared, features: dict, stand_ins: dict[str, 
         if r.error is not None
     ]
     if failed:
-        raise RuntimeError(
+        raise TrialsFailed(
             f"{len(failed)} trial(s) failed (finished ones are kept; a rerun resumes):\n  "
             + "\n  ".join(failed)
         )

@@ -12,7 +12,7 @@ import pytest
 
 from evaluate.metrics import hit_rate, ndcg
 from evaluate.report import duration_markdown, plot_bars, plot_days, summarize, table1_markdown, write_report
-from evaluate.significance import paired_ttest
+from evaluate.significance import align_runs, bh_qvalues, paired_on, paired_ttest
 
 D1, D2 = "2021-06-14", "2021-06-15"
 KEYS = [(D1, 1, 10), (D1, 2, 11), (D2, 1, 12)]
@@ -74,10 +74,22 @@ def test_summarize_by_hand(cases: pd.DataFrame) -> None:
     pd.testing.assert_frame_equal(shuffled, s)
 
 
-def delta_cell(base: list[int], other: list[int], metric, k: int) -> str:
+def delta_cell(base: list[int], other: list[int], metric, k: int, q: float) -> str:
     a, b = metric(np.array(base), k), metric(np.array(other), k)
     t = paired_ttest(a, b)
-    return f"{b.mean():.4f} ({t.rel_delta:+.1%}, p={t.p:.3f})"
+    return f"{b.mean():.4f} ({t.rel_delta:+.1%}, p={t.p:.3f}, q={q:.3f})"
+
+
+def table_qvalues(cases: pd.DataFrame) -> dict[tuple[str, str, int], float]:
+    """BH q-values of the fixture's Table 1 over its 8 tests: 2 compared runs x (HR, nDCG) x (10, 30)."""
+    keys, ps = [], []
+    for model, fs in [("two-tower", "mllm-video"), ("sasrec", "title")]:
+        aligned = align_runs(cases, (model, "id"), (model, fs))
+        for metric in ("hr", "ndcg"):
+            for k in (10, 30):
+                keys.append((fs, metric, k))
+                ps.append(paired_on(aligned, k, metric, "cases").p)
+    return dict(zip(keys, bh_qvalues(ps)))
 
 
 def test_table1_markdown(cases: pd.DataFrame) -> None:
@@ -97,20 +109,26 @@ def test_table1_markdown(cases: pd.DataFrame) -> None:
         "*most-popular*",
         "popularity",
     ]
+    q = table_qvalues(cases)
     mllm = rows[2].split(" | ")
-    assert mllm[1] == delta_cell([1, 20, 5], [2, 3, 40], hit_rate, 10)
-    assert mllm[4] == delta_cell([1, 20, 5], [2, 3, 40], ndcg, 30)
+    assert mllm[1] == delta_cell([1, 20, 5], [2, 3, 40], hit_rate, 10, q[("mllm-video", "hr", 10)])
+    assert mllm[4] == delta_cell([1, 20, 5], [2, 3, 40], ndcg, 30, q[("mllm-video", "ndcg", 30)])
     assert mllm[5] == "3 |"
     title = rows[4].split(" | ")
-    assert title[1] == delta_cell([7, 8, 30], [31, 9, 9], hit_rate, 10)
+    assert title[1] == delta_cell([7, 8, 30], [31, 9, 9], hit_rate, 10, q[("title", "hr", 10)])
     assert rows[1].split(" | ")[1] == f"{2 / 3:.4f}"  # the baseline row has no delta
     assert rows[7].split(" | ")[1] == "0.0000"  # no "id" run: no deltas for most-popular
     assert "(" not in rows[7]
     assert any(line.startswith("† features produced by tiny") for line in lines)
+    assert (
+        "q: Benjamini-Hochberg adjusted p-value over the 8 tests of this table (false discovery rate)." in md
+    )
+    assert "q: Benjamini-Hochberg adjusted p-value over the 8 tests of this table." in lines
     # Second table: p-values over per-day means (2 days).
     i = lines.index("| Model | Representation | vs | HR@10 | HR@30 | nDCG@10 | nDCG@30 | n_days |")
     assert lines[i + 2].startswith("| two-tower | mllm-video † | id | ") and lines[i + 2].endswith(" | 2 |")
     assert lines[i + 3].startswith("| sasrec | title | id | ")
+    assert lines[i + 2].split(" | ")[3].endswith(", q=0.833")  # BH over the 8 per-day tests
 
 
 def test_table1_baselines_and_coverage(cases: pd.DataFrame) -> None:

@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 from evaluate.metrics import hit_rate, ndcg
-from evaluate.significance import align_runs, compare, paired_ttest
+from evaluate.significance import align_runs, bh_qvalues, compare, paired_ttest
 
 DAYS = ["2021-06-13", "2021-06-14", "2021-06-15"]
 
@@ -98,3 +98,16 @@ def test_repeated_case_pairs_one_to_one() -> None:
     cases["user_id"], cases["item_id"], cases["day"] = 1, 1, DAYS[0]
     aligned = align_runs(cases, ("tt", "id"), ("tt", "mllm"))
     assert aligned[["rank_a", "rank_b"]].values.tolist() == [[1, 4], [2, 5], [3, 6]]
+
+
+def test_bh_qvalues_by_hand() -> None:
+    # Sorted p_(i) * m / i, then the running minimum from the largest p down.
+    p = [0.01, 0.04, 0.03, 0.5]
+    assert bh_qvalues(p).tolist() == pytest.approx([0.04, 0.04 * 4 / 3, 0.04 * 4 / 3, 0.5])
+    np.testing.assert_allclose(bh_qvalues(p), stats.false_discovery_control(p))
+    # Undefined p-values are not tests: they stay NaN and the family is the other two.
+    q = bh_qvalues([0.02, float("nan"), 0.04])
+    assert math.isnan(q[1]) and q[[0, 2]].tolist() == pytest.approx([0.04, 0.04])
+    assert bh_qvalues([]).tolist() == [] and math.isnan(bh_qvalues([float("nan")])[0])
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
+        bh_qvalues([0.2, 1.5])
