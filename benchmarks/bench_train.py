@@ -21,8 +21,7 @@ import torch
 
 from evaluate import splits as S
 from train.config import ModelConfig, TrainConfig
-from train.encoders import build_item_encoder
-from train.models import build_model
+from train.registry import build_item_encoder, build_model
 from train.sequences import left_pad, sequence_windows
 from train.steps import rank_cases, train_epoch
 from train.synth import SynthConfig, generate_log

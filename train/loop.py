@@ -25,8 +25,7 @@ import torch
 
 from evaluate.metrics import metrics_from_ranks
 from train.config import ModelConfig, TrainConfig
-from train.encoders import build_item_encoder
-from train.models import build_model
+from train.registry import build_item_encoder, build_model
 from train.steps import rank_cases, train_epoch
 
 STATE_FILE = "state.pt"
