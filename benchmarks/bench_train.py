@@ -121,7 +121,7 @@ def through_ray_train(windows, test_hist, test_tgt, n_items, mcfg, tcfg, history
 
     import ray
 
-    from train.trainer import Fold, fit_and_rank
+    from train.trainer import Arm, Fold, fit_and_rank_arms
 
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
@@ -129,9 +129,8 @@ def through_ray_train(windows, test_hist, test_tgt, n_items, mcfg, tcfg, history
     cfg = tcfg.model_copy(update={"epochs_max": 1, "num_workers": 2})
     t = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        fit_and_rank(
-            model="sasrec",
-            item_encoder="id",
+        fit_and_rank_arms(
+            arms=[Arm("bench", "sasrec")],
             n_items=n_items,
             history_len=history_len,
             folds=[fold],
