@@ -31,8 +31,7 @@ import time
 import torch
 
 from train.config import ModelConfig, TrainConfig
-from train.encoders import build_item_encoder
-from train.models import build_model
+from train.registry import build_item_encoder, build_model
 from train.steps import train_epoch
 
 MODELS = ("sasrec", "gru4rec", "bimamba")

@@ -21,8 +21,7 @@ import torch
 
 from evaluate import splits as S
 from train.config import ModelConfig, TrainConfig
-from train.encoders import build_item_encoder
-from train.models import build_model
+from train.registry import build_item_encoder, build_model
 from train.sequences import left_pad, sequence_windows
 from train.steps import rank_cases, train_epoch
 from train.synth import SynthConfig, generate_log
@@ -122,7 +121,7 @@ def through_ray_train(windows, test_hist, test_tgt, n_items, mcfg, tcfg, history
 
     import ray
 
-    from train.trainer import Fold, fit_and_rank
+    from train.trainer import Arm, Fold, fit_and_rank_arms
 
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
@@ -130,9 +129,8 @@ def through_ray_train(windows, test_hist, test_tgt, n_items, mcfg, tcfg, history
     cfg = tcfg.model_copy(update={"epochs_max": 1, "num_workers": 2})
     t = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        fit_and_rank(
-            model="sasrec",
-            item_encoder="id",
+        fit_and_rank_arms(
+            arms=[Arm("bench", "sasrec")],
             n_items=n_items,
             history_len=history_len,
             folds=[fold],

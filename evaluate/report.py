@@ -10,7 +10,7 @@ tests of that table.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -258,8 +258,12 @@ def write_report(
     baselines: dict[str, str] | None = None,
     extra_md: str = "",
     duration_threshold_s: float = DURATION_THRESHOLD_S,
+    writer: Callable[[Path, Callable[[Path], object]], object] | None = None,
 ) -> dict[str, Path]:
     """Write report.md, results/summary.csv, plots/bars.png and plots/days.png under ``out_dir``.
+
+    ``writer(path, write)`` produces each file by calling ``write(some_path)``; the default writes in
+    place, a caller that needs crash-safe files passes e.g. ``featurize.durable.write_atomic``.
 
     Returns their paths under the keys "report", "summary", "bars", "days". With a ``cold_start``
     column, report.md also shows Table 1 restricted to cold-start cases (items unseen in training);
@@ -275,10 +279,13 @@ def write_report(
         "bars": out / "plots" / "bars.png",
         "days": out / "plots" / "days.png",
     }
+    write = writer or _write_in_place
     paths["summary"].parent.mkdir(parents=True, exist_ok=True)
-    summarize(cases).to_csv(paths["summary"], index=False)
-    plot_bars(cases, paths["bars"])
-    plot_days(cases, paths["days"])
+    paths["bars"].parent.mkdir(parents=True, exist_ok=True)
+    summary = summarize(cases)
+    write(paths["summary"], lambda p: summary.to_csv(p, index=False))
+    write(paths["bars"], lambda p: plot_bars(cases, p))
+    write(paths["days"], lambda p: plot_days(cases, p))
     days = sorted(cases["day"].astype(str).unique())
     md = [
         f"# {title}",
@@ -312,5 +319,10 @@ def write_report(
         md += ["## Clip duration", "", duration_markdown(cases, baselines, duration_threshold_s)]
     if extra_md:
         md += [extra_md.rstrip(), ""]
-    paths["report"].write_text("\n".join(md))
+    text = "\n".join(md)
+    write(paths["report"], lambda p: Path(p).write_text(text, encoding="utf-8"))
     return paths
+
+
+def _write_in_place(path: Path, write: Callable[[Path], object]) -> None:
+    write(path)

@@ -33,7 +33,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.set)
     if args.print_config:
         return _print_config(cfg)
-    return _run_and_report(cfg, run)
+    return _run_and_report(cfg, lambda cfg: run(cfg, fresh=args.fresh))
 
 
 def _print_config(cfg) -> int:
@@ -46,8 +46,11 @@ def _print_config(cfg) -> int:
 
 def _run_and_report(cfg, job) -> int:
     """Start Ray as the run config says, run ``job(cfg)`` and print where its report is."""
+    from ray_jobs.signals import stop_cleanly
+
     init_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.object_store_mb, cfg.ray.dashboard)
-    run_dir = job(cfg)
+    with stop_cleanly(f"{cfg.name!r}"):  # after init_ray: Ray sets a SIGTERM handler of its own
+        run_dir = job(cfg)
     print(f"report: {run_dir / 'report.md'}")
     return 0
 
@@ -84,7 +87,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from ray_jobs.protocol import synth_config
+    from ray_jobs.prepare import synth_config
     from train.synth import generate_log, write_microlens
 
     cfg = synth_config(args.preset, args.seed)
@@ -125,7 +128,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     cfg = load_tune_config(args.config, args.set)
     if args.print_config:
         return _print_config(cfg)
-    return _run_and_report(cfg, run_sweep)
+    return _run_and_report(cfg, lambda cfg: run_sweep(cfg, fresh=args.fresh))
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -203,6 +206,14 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
+def _fresh_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="retrain everything into the same run folder (a changed config is otherwise refused)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="seewhy", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -212,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run the evaluation protocol end to end and write a run folder")
     _config_args(r, "ray_jobs/configs/quickstart.yaml", "run")
+    _fresh_arg(r)
     r.set_defaults(fn=cmd_run)
 
     d = sub.add_parser("demo", help="generate -> featurize -> train -> report, offline, on a demo world")
@@ -255,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("tune", help="Ray Tune sweep of the protocol over representations x models x seeds")
     _config_args(t, "ray_jobs/configs/tune_demo.yaml", "tune")
+    _fresh_arg(t)
     t.set_defaults(fn=cmd_tune)
 
     s = sub.add_parser("submit", help="run a seewhy subcommand on a Ray cluster through Ray Job Submission")

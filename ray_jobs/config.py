@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from featurize.catalog import CatalogConfig
 from train.config import ModelConfig, TrainConfig
@@ -105,6 +105,18 @@ class RunConfig(_Frozen):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     ray: RayConfig = RayConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _name_stays_inside_output_dir(cls, v: str) -> str:
+        # The run folder is output_dir/name: a path in the name would put it (and what --fresh
+        # removes) anywhere on disk.
+        if not v or v in (".", "..") or "/" in v or "\\" in v or v.startswith("~") or Path(v).is_absolute():
+            raise ValueError(
+                f"{v[:200]!r} is not a plain folder name (no '/', '..', '~' or absolute path): the run "
+                "folder is output_dir/name; set output_dir to choose where it goes"
+            )
+        return v
 
     @property
     def run_dir(self) -> Path:

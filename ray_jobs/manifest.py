@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from featurize import stores as featurize_stores
+from featurize.durable import write_text_atomic
 from ray_jobs.config import RunConfig
 
 PACKAGES = (
@@ -47,7 +48,4 @@ def write_manifest(
         "platform": platform.platform(),
         **extra,
     }
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, default=str))
-    tmp.replace(path)
-    return path
+    return write_text_atomic(path, json.dumps(manifest, indent=2, default=str))

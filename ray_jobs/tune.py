@@ -3,14 +3,16 @@
 A tune config is a run config (``ray_jobs/config.py``) plus a ``sweep`` section: the grid is
 ``experiment.representations`` x ``experiment.models`` x ``sweep.seeds``, so a `seewhy run` preset
 becomes a sweep by adding ``sweep:``. Each trial runs the protocol for one cell on the folds that
-``sweep.days`` selects, on Ray Train inside its Tune trial (``train.trainer.fit_and_rank``). The
-log is prepared and every feature matrix read once, on the driver, and handed to the trials through
-the object store; feature stores come from `seewhy featurize` and are never recomputed here.
+``sweep.days`` selects, on Ray Train inside its Tune trial, through the same experiment core as
+`seewhy run` (``ray_jobs/experiment.py``: arms, fingerprints, reuse, training, results). The log is
+prepared and every feature matrix read once, on the driver, and handed to the trials through the
+object store; feature stores come from `seewhy featurize` and are never recomputed here.
 
 The sweep folder (output_dir/name):
 
     manifest.json
-    results/ranks/<model>__<rep>__seed<s>.parquet   one per finished trial; skipped on a rerun
+    results/ranks/<model>__<rep>__seed<s>.parquet   one per finished trial, fingerprinted; reused on a
+                                                    rerun under the same fingerprint, else refused
     results/cases.parquet                           every trial's case ranks (column seed) + most-popular
     results/summary.csv, report.md, plots/          the table with paired tests vs each model's baseline
     results/seeds.csv, results/seeds.md             mean ± std over seeds per (model, rep), several seeds
@@ -23,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
 import math
 import os
 import time
@@ -34,8 +35,10 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from featurize import durable
+from ray_jobs import experiment as X
 from ray_jobs.config import RunConfig, load_tree, validate
-from ray_jobs.protocol import Prepared, log
+from ray_jobs.prepare import Prepared, log, prepare, select_days
 
 SEED_KS = (10, 30)
 """The K of the mean ± std table: the paper's table columns."""
@@ -123,34 +126,6 @@ def load_tune_config(path: str | Path | None, overrides: list[str] = ()) -> Tune
     return validate(TuneConfig, load_tree(path, overrides), str(path or "<overrides>"))
 
 
-def select_days(prep: Prepared, days: list[int | str] | None) -> Prepared:
-    """The folds named by ``days`` (labels or indices), in protocol order; all when None."""
-    if days is None:
-        return prep
-    labels = [f.label for f in prep.folds]
-    keep = set()
-    for d in days:
-        if isinstance(d, int):
-            if not -len(labels) <= d < len(labels):
-                raise ValueError(f"sweep.days: index {d} is out of range; the folds are {labels}")
-            keep.add(d % len(labels))
-        elif d in labels:
-            keep.add(labels.index(d))
-        else:
-            raise ValueError(f"sweep.days: no fold {d!r}; the folds are {labels}")
-
-    def pick(xs: list) -> list:
-        return [xs[i] for i in sorted(keep)]
-
-    return dataclasses.replace(
-        prep,
-        folds=pick(prep.folds),
-        cases=pick(prep.cases),
-        refit_frames=pick(prep.refit_frames),
-        test_days=pick(prep.test_days),
-    )
-
-
 def max_concurrent(cfg: TuneConfig, n_trials: int, resources: dict[str, float]) -> int:
     """Trials in flight: the configured number, else as many as the cluster's CPUs and GPUs fit.
 
@@ -185,64 +160,32 @@ def trial_name(model: str, rep: str, seed: int) -> str:
     return f"{model}__{rep}__seed{seed}"
 
 
-def ranks_path(run_dir: Path, model: str, rep: str, seed: int) -> Path:
-    return run_dir / "results" / "ranks" / f"{trial_name(model, rep, seed)}.parquet"
-
-
-def _check_finished(path: Path, labels: list[str], n_cases: int) -> pd.DataFrame:
-    """A finished trial's ranks, checked against the folds this sweep evaluates."""
-    frame = pd.read_parquet(path)
-    days = sorted(frame["day"].astype(str).unique())
-    if days != sorted(labels) or len(frame) != n_cases:
-        raise ValueError(
-            f"{path}: written for days {days} ({len(frame)} cases), but this sweep evaluates {labels} "
-            f"({n_cases} cases); use another name or output_dir, or delete the file"
-        )
-    return frame
-
-
 def run_trial(
-    config: dict, *, cfg: TuneConfig, prep: Prepared, features: dict, stand_ins: dict[str, bool]
+    config: dict, *, cfg: TuneConfig, prep: Prepared, features: X.FeatureSets, fingerprints: dict
 ) -> dict[str, float]:
     """One Tune trial: train and rank (model, rep, seed) on every fold, write its ranks, report metrics."""
     import ray
 
     from evaluate.metrics import metrics_from_ranks
-    from ray_jobs.protocol import _case_rows, representation
-    from train.trainer import fit_and_rank
 
     model, rep, seed = config["model"], config["rep"], int(config["seed"])
-    out = ranks_path(cfg.run_dir, model, rep, seed)
-    if out.exists():  # finished by an earlier invocation (checked on the driver)
-        frame = pd.read_parquet(out)
-    else:
-        kind, fs = representation(rep)
-        labels = [f.label for f in prep.folds]
-        # Another day selection must not resume this one's checkpoint.
-        digest = hashlib.sha256("\n".join(labels).encode()).hexdigest()[:8]
+    arm = X.make_arm(model, rep, features, trial_name(model, rep, seed))
+    fp = fingerprints[arm.name]
+    frame = X.read_ranks(X.ranks_path(cfg.run_dir, arm.name), fp)  # finished by an earlier invocation
+    if frame is None:
         t0 = time.perf_counter()
-        by_label = fit_and_rank(
-            model=model,
-            item_encoder=kind,
-            n_items=len(prep.item_ids),
-            history_len=cfg.protocol.history_len,
-            folds=prep.folds,
-            model_cfg=cfg.model,
-            train_cfg=cfg.train.model_copy(update={"seed": seed}),
-            storage_path=str(cfg.run_dir / "ray_train"),
-            run_name=f"{trial_name(model, rep, seed)}__{digest}".replace("+", "_plus_"),
-            features=ray.get(features[fs]) if fs is not None else None,
-        )
-        ranks = [by_label[label] for label in labels]
-        frame = _case_rows(prep, model, rep, ranks, stand_ins[rep]).assign(seed=seed)
-        tmp = out.with_suffix(".tmp")
-        frame.to_parquet(tmp, index=False)
-        tmp.replace(out)
-        log(f"{trial_name(model, rep, seed)}: trained in {time.perf_counter() - t0:.0f}s")
+        matrices = {}
+        if arm.feature_set is not None:
+            m = features.matrices[arm.feature_set]
+            matrices[arm.feature_set] = ray.get(m) if isinstance(m, ray.ObjectRef) else m
+        tcfg = cfg.train.model_copy(update={"seed": seed, "parallel_runs": 1})
+        ranks = X.train_arms(cfg, prep, [arm], matrices, fingerprints, train_cfg=tcfg)[arm.name]
+        frame = X.finish_arm(cfg.run_dir, prep, arm, rep, ranks, features.stand_in(rep), fp, seed=seed)
+        log(f"{arm.name}: trained in {time.perf_counter() - t0:.0f}s")
     return {**metrics_from_ranks(frame["rank"].to_numpy()), "n_cases": float(len(frame))}
 
 
-def _tune(cfg: TuneConfig, prep: Prepared, features: dict, stand_ins: dict[str, bool], n: int) -> None:
+def _tune(cfg: TuneConfig, prep: Prepared, features: X.FeatureSets, fingerprints: dict, n: int) -> None:
     """Run the whole grid on Ray Tune (finished cells return at once); raise naming failed trials."""
     import ray
     from ray import tune
@@ -250,7 +193,7 @@ def _tune(cfg: TuneConfig, prep: Prepared, features: dict, stand_ins: dict[str, 
     # Trials need the folds and cases, not the whole log: keep the object they all read small.
     slim = dataclasses.replace(prep, interactions=prep.interactions.iloc[:0], refit_frames=[])
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, cfg=cfg, prep=slim, features=features, stand_ins=stand_ins),
+        tune.with_parameters(run_trial, cfg=cfg, prep=slim, features=features, fingerprints=fingerprints),
         {"cpu": cfg.sweep.trial_cpus},
     )
     n_trials = len(cfg.experiment.models) * len(cfg.experiment.representations) * len(cfg.seeds)
@@ -326,90 +269,88 @@ def seed_markdown(table: pd.DataFrame, seeds: list[int]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_sweep(cfg: TuneConfig) -> Path:
-    """Run the sweep and write its report; returns the sweep folder. Ray must already be initialised."""
+def run_sweep(cfg: TuneConfig, fresh: bool = False) -> Path:
+    """Run the sweep and write its report; returns the sweep folder. Ray must already be initialised.
+
+    ``fresh``: retrain every trial into the same sweep folder (finished ranks and checkpoints removed).
+    """
     import ray
 
-    from evaluate.report import write_report
     from ray_jobs.manifest import write_manifest
-    from ray_jobs.protocol import MOST_POPULAR, _case_rows, load_features, most_popular_ranks, prepare
-    from ray_jobs.protocol import representation as parse_rep
 
     t0 = time.perf_counter()
     # Tune starts each trial in its own trial folder: a relative output_dir would move with it.
     cfg = cfg.model_copy(update={"output_dir": str(Path(cfg.output_dir).expanduser().resolve())})
-    run_dir = cfg.run_dir
-    (run_dir / "results" / "ranks").mkdir(parents=True, exist_ok=True)
+    run_dir = X.open_run_dir(cfg, fresh)
+
+    # Prepare: the selected folds, the feature sets (in the object store), every trial's fingerprint.
     prep = select_days(prepare(cfg), cfg.sweep.days)
     labels = [f.label for f in prep.folds]
     n_cases = sum(len(c) for c in prep.cases)
-    log(f"{prep.load_summary}")
+    log(prep.load_summary)
     log(f"{len(prep.item_ids):,} items, folds {labels}, {n_cases:,} test cases per trial")
-    features_info: dict[str, dict] = {}
-    features: dict[str, Any] = {}
-    stand_ins: dict[str, bool] = {}
-    for rep in cfg.experiment.representations:
-        fs = parse_rep(rep)[1]
-        if fs is not None and fs not in features:
-            matrix, features_info[fs] = load_features(cfg, fs, prep.item_ids)
-            features[fs] = ray.put(matrix)
-        stand_ins[rep] = bool(fs and features_info[fs]["stand_in"])
-    write_manifest(cfg, run_dir, prep.inputs, features_info, status="running")
-
+    features = X.load_feature_sets(cfg, prep.item_ids, put=ray.put)
     cells = [
         (m, r, s) for m in cfg.experiment.models for r in cfg.experiment.representations for s in cfg.seeds
     ]
-    todo = []
-    for m, r, s in cells:
-        path = ranks_path(run_dir, m, r, s)
-        if path.exists():
-            _check_finished(path, labels, n_cases)
-            log(f"{trial_name(m, r, s)}: already finished, reusing {path.name}")
-        else:
-            todo.append((m, r, s))
-    if todo:
-        _tune(cfg, prep, features, stand_ins, len(todo))
+    arms = {(m, r, s): X.make_arm(m, r, features, trial_name(m, r, s)) for m, r, s in cells}
+    fps = {arms[m, r, s].name: X.fingerprint(cfg, prep, features, arms[m, r, s], s) for m, r, s in cells}
 
-    # Each run's rows are stacked seed by seed in the same case order, so the paired tests of the
-    # report (which number a case's repeats in row order) pair every case with the same case and seed.
+    # Reuse trials finished under the same fingerprint; refuse anything else.
+    todo, errors = [], []
+    for cell in cells:
+        name = arms[cell].name
+        try:
+            done = X.read_ranks(X.ranks_path(run_dir, name), fps[name])
+        except X.FingerprintMismatch as e:
+            errors.append(str(e))
+            continue
+        if done is None:
+            todo.append(cell)
+        else:
+            log(f"{name}: already finished, reusing {name}.parquet")
+    X.refuse_mismatches(errors, "trial")
+    manifest = {"fingerprints": {name: X.digest([fp]) for name, fp in fps.items()}}
+    write_manifest(cfg, run_dir, prep.inputs, features.info, status="running", **manifest)
+
+    # Train the rest on Ray Tune.
+    if todo:
+        _tune(cfg, prep, features, fps, len(todo))
+
+    # Report. Each run's rows are stacked seed by seed in the same case order, so the paired tests of
+    # the report (which number a case's repeats in row order) pair every case with the same case and seed.
     frames = []
     if cfg.experiment.most_popular:
-        mp = _case_rows(
-            prep,
-            MOST_POPULAR,
-            f"last {cfg.protocol.popularity_window_days}d",
-            most_popular_ranks(prep, cfg.protocol.popularity_window_days),
-            False,
-        )
+        mp = X.most_popular_rows(cfg, prep)
         frames += [mp.assign(seed=s) for s in cfg.seeds]  # deterministic: the same ranks for every seed
-    frames += [_check_finished(ranks_path(run_dir, m, r, s), labels, n_cases) for m, r, s in cells]
+    for cell in cells:
+        name = arms[cell].name
+        frame = X.read_ranks(X.ranks_path(run_dir, name), fps[name])
+        if frame is None:
+            raise RuntimeError(f"trial {name} finished without writing {X.ranks_path(run_dir, name)}")
+        frames.append(frame.assign(stand_in=features.stand_in(cell[1])))
     cases = pd.concat(frames, ignore_index=True)
-    cases.to_parquet(run_dir / "results" / "cases.parquet", index=False)
     extra = ""
     if len(cfg.seeds) > 1:
         table = seed_table(cases)
-        table.to_csv(run_dir / "results" / "seeds.csv", index=False)
         md = seed_markdown(table, cfg.seeds)
-        (run_dir / "results" / "seeds.md").write_text(md)
+        durable.write_atomic(run_dir / "results" / "seeds.csv", lambda p: table.to_csv(p, index=False))
+        durable.write_text_atomic(run_dir / "results" / "seeds.md", md)
         extra = (
             f"## Seeds\n\nThe tables above pool {len(cfg.seeds)} seeds: each mean is the mean over seeds, "
             "and each paired test pairs a case with the same case and seed of the baseline.\n\n" + md
         )
-    write_report(
-        cases,
-        run_dir,
-        title=f"seewhy tune: {cfg.name} (ablations, {len(cfg.seeds)} seed(s))",
-        baselines=cfg.baselines(),
-        extra_md=extra,
-    )
+    title = f"seewhy tune: {cfg.name} (ablations, {len(cfg.seeds)} seed(s))"
+    X.write_results(cfg, cases, title=title, baselines=cfg.baselines(), extra_md=extra)
     write_manifest(
         cfg,
         run_dir,
         prep.inputs,
-        features_info,
+        features.info,
         status="finished",
         wall_s=time.perf_counter() - t0,
         trials={"total": len(cells), "trained": len(todo)},
+        **manifest,
     )
     log(f"finished in {time.perf_counter() - t0:.0f}s; report: {run_dir / 'report.md'}")
     return run_dir

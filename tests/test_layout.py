@@ -22,7 +22,6 @@ PENDING_LONG = {"featurize.stores"}
 """Modules being split; delete an entry when its module is short (a test checks it is still long)."""
 PENDING_CYCLES: set[frozenset[str]] = {
     frozenset({"featurize.captioners", "featurize.vllm_engine"}),  # the LM machinery moves to featurize/lm.py
-    frozenset({"train.models", "train.seq_models"}),  # the model registry moves to train/registry.py
 }
 """Known cycles being removed; delete an entry when its cycle is gone (a test checks it still exists)."""
 

@@ -6,6 +6,7 @@ Multi-layer features (DFF: ``n_layers`` hidden-state vectors of a frozen VLM con
 ``dff-fusion`` fuses the ID embedding with the per-layer projections through a per-item softmax gate.
 
 Items are contiguous indices 1..n; index 0 is padding and always encodes to the zero vector.
+Every encoder is listed by name in ``train.registry``.
 """
 
 from __future__ import annotations
@@ -137,38 +138,3 @@ class DFFFusion(nn.Module):
         x = (s * g.unsqueeze(-1)).sum(dim=-2)
         x = x + self.mlp(x)
         return x * (idx != 0).unsqueeze(-1)
-
-
-KINDS = ("id", "feature", "fusion", "dff", "dff-fusion")
-
-
-def build_item_encoder(
-    kind: str,
-    n_items: int,
-    dim: int,
-    features: torch.Tensor | None,
-    dropout: float = 0.0,
-    n_layers: int = 1,
-) -> nn.Module:
-    """``id``, ``feature`` (needs ``features``), ``fusion`` (ID + features, gated), or over a multi-layer
-    feature of ``n_layers`` equal slices: ``dff`` (replacement) and ``dff-fusion`` (with the ID embedding)."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown item encoder {kind!r}; valid: {', '.join(KINDS)}")
-    if kind == "id":
-        return IDEncoder(n_items, dim)
-    if features is None:
-        raise ValueError(f"item encoder {kind!r} needs a feature matrix")
-    if features.shape[0] != n_items + 1:
-        raise ValueError(f"feature matrix has {features.shape[0]} rows; expected n_items + 1 = {n_items + 1}")
-    if kind == "feature":
-        return FeatureEncoder(features, dim, dropout)
-    if kind == "fusion":
-        return GatedFusion(IDEncoder(n_items, dim), FeatureEncoder(features, dim, dropout), dim)
-    if n_layers < 1 or features.shape[1] % n_layers:
-        raise ValueError(
-            f"item encoder {kind!r}: a feature of width {features.shape[1]} cannot be split into "
-            f"n_layers={n_layers} equal layers"
-        )
-    if kind == "dff":
-        return DFFEncoder(features, dim, n_layers, dropout)
-    return DFFFusion(IDEncoder(n_items, dim), features, dim, n_layers, dropout)

@@ -14,7 +14,6 @@ resumes where it stopped.
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -25,8 +24,7 @@ import torch
 
 from evaluate.metrics import metrics_from_ranks
 from train.config import ModelConfig, TrainConfig
-from train.encoders import build_item_encoder
-from train.models import build_model
+from train.registry import build_item_encoder, build_model
 from train.steps import rank_cases, train_epoch
 
 STATE_FILE = "state.pt"
@@ -108,6 +106,7 @@ def train_loop_per_worker(config: dict) -> None:
     valid_key = tcfg.valid_metric
     tag = config.get("tag", "")
     features: dict[str, torch.Tensor] = {}  # feature set -> matrix, fetched once per worker
+    on_report = config.get("on_report")  # per-epoch hook (fit_and_rank_arms's on_report)
 
     def arm_features(arm: dict) -> torch.Tensor | None:
         name = arm.get("feature_set")
@@ -144,6 +143,11 @@ def train_loop_per_worker(config: dict) -> None:
                 f"[{tag}] the checkpoint was written for arms {saved.get('arms')}, "
                 f"not {[a['name'] for a in arms]}: use a new run name"
             )
+        if saved.get("fingerprint", "") != config.get("fingerprint", ""):
+            raise RuntimeError(
+                f"[{tag}] the checkpoint was written under fingerprint {saved.get('fingerprint')!r}, "
+                f"not {config.get('fingerprint')!r} (another configuration): use a new run name"
+            )
         st = _Fold(saved["progress"])
         st.resumes += 1
         results = saved["results"]
@@ -171,6 +175,7 @@ def train_loop_per_worker(config: dict) -> None:
             if rank == 0:
                 state = {
                     "arms": [a["name"] for a in arms],
+                    "fingerprint": config.get("fingerprint", ""),
                     "progress": st.as_dict(),
                     "results": results,
                     "model": getattr(model, "module", model).state_dict(),
@@ -179,11 +184,8 @@ def train_loop_per_worker(config: dict) -> None:
                 torch.save(state, Path(tmp) / STATE_FILE)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)
-        marker = config.get("fail_once_marker")  # fault injection for the resume test
-        if marker and rank == 0 and metrics.get("phase") == "test" and not os.path.exists(marker):
-            Path(marker).touch()
-            print(f"[{tag}] injected failure after {arm} {metrics['fold']}", flush=True)
-            os._exit(1)
+        if on_report is not None and rank == 0:
+            on_report(metrics)
 
     cache: dict[str, torch.Tensor] = {}  # dataset name -> this worker's windows (train.cache_data)
     device = ray.train.torch.get_device()

@@ -4,11 +4,10 @@ Every model encodes a left-padded history ``[B, L]`` of item indices (0 = paddin
 into a user state after each position (``encode_sequence``, causal, used for training on every
 prefix at once) and into one user vector (``encode_users``: the state at the last position).
 Scores are dot products with item embeddings, so evaluation needs nothing model-specific.
+Every model is listed by name in ``train.registry``.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -111,21 +110,3 @@ class SASRec(Recommender):
         mask = mask.repeat_interleave(self.n_heads, dim=0)
         x = self.blocks(x, mask=mask)
         return self.head(self.norm(x))
-
-
-MODELS: dict[str, Callable[[nn.Module, ModelConfig, int], Recommender]] = {
-    "two-tower": TwoTower,
-    "sasrec": SASRec,
-}
-
-
-def build_model(name: str, item_encoder: nn.Module, cfg: ModelConfig, history_len: int) -> Recommender:
-    """Build a registered model over histories of ``history_len`` items; an unknown name lists the valid ones."""
-    try:
-        builder = MODELS[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; valid: {', '.join(sorted(MODELS))}") from None
-    return builder(item_encoder, cfg, history_len)
-
-
-from train import seq_models as _seq_models  # noqa: E402,F401  registers gru4rec and bimamba in MODELS

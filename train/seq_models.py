@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from train.config import ModelConfig
-from train.models import MODELS, Recommender, ResidualMLP
+from train.models import Recommender, ResidualMLP
 
 
 class GRU4Rec(Recommender):
@@ -205,7 +205,3 @@ class BiMamba(Recommender):
         for block in self.blocks:
             h = block(h, mask)
         return self.head(self.norm(h))
-
-
-SEQ_MODELS = {"gru4rec": GRU4Rec, "bimamba": BiMamba}
-MODELS.update(SEQ_MODELS)  # imported at the bottom of train/models.py, so every import path registers them

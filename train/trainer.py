@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,39 +51,6 @@ class Arm:
     encoder_kwargs: dict | None = None
 
 
-def fit_and_rank(
-    *,
-    model: str,
-    item_encoder: str,
-    n_items: int,
-    history_len: int,
-    folds: list[Fold],
-    model_cfg: ModelConfig,
-    train_cfg: TrainConfig,
-    storage_path: str,
-    run_name: str,
-    features: np.ndarray | None = None,
-    max_failures: int = 1,
-    fail_once_marker: str | None = None,
-) -> dict[str, np.ndarray]:
-    """Run the protocol for one model and representation; returns test ranks per fold label."""
-    arm = Arm(run_name, model, item_encoder, "features" if features is not None else None)
-    out = fit_and_rank_arms(
-        arms=[arm],
-        n_items=n_items,
-        history_len=history_len,
-        folds=folds,
-        model_cfg=model_cfg,
-        train_cfg=train_cfg,
-        storage_path=storage_path,
-        run_name=run_name,
-        features={"features": features} if features is not None else None,
-        max_failures=max_failures,
-        fail_once_marker=fail_once_marker,
-    )
-    return out[arm.name]
-
-
 def fit_and_rank_arms(
     *,
     arms: list[Arm],
@@ -95,15 +63,18 @@ def fit_and_rank_arms(
     run_name: str,
     features: dict[str, np.ndarray] | None = None,
     max_failures: int = 1,
-    fail_once_marker: str | None = None,
+    fingerprint: str = "",
+    on_report: Callable[[dict], None] | None = None,
 ) -> dict[str, dict[str, np.ndarray]]:
     """Run the protocol for every arm in one TorchTrainer; returns test ranks per arm, per fold label.
 
     Rerunning with the same ``storage_path``, ``run_name`` and arms resumes from the latest
     checkpoint (Ray Train restores it into the new run); a finished run is read back without
-    training. A worker that dies is restarted up to ``max_failures`` times and continues from the
-    latest checkpoint (``fail_once_marker``: a path; the first worker to finish a fold's test exits
-    once, for tests).
+    training. Every checkpoint carries ``fingerprint`` (the caller's hash of what shapes the run): a
+    checkpoint with another one is refused, never resumed. A worker that dies is restarted up to
+    ``max_failures`` times and continues from the latest checkpoint. ``on_report(metrics)`` is called
+    on the first worker after every reported epoch and test (metrics carry arm, fold, phase, epoch),
+    inside the worker process: the place for per-epoch hooks (tracking, fault injection in tests).
     """
     import ray
     import ray.train
@@ -157,7 +128,8 @@ def fit_and_rank_arms(
                 k: ray.put(np.ascontiguousarray(features[k], dtype=np.float32)) for k in sorted(used)
             },
             "tag": run_name,
-            "fail_once_marker": fail_once_marker,
+            "fingerprint": fingerprint,
+            "on_report": on_report,
         }
         trainer = TorchTrainer(
             train_loop_per_worker,

@@ -13,6 +13,7 @@ from typing import Any
 
 from ray_jobs.config import RunConfig
 from ray_jobs.estimate.core import EPOCH_S, Cluster, Estimate, fmt_time
+from train.representation import Representation
 
 
 def estimate_run(cfg: RunConfig, source: str, cluster: Cluster | None) -> Estimate:
@@ -94,9 +95,9 @@ def _folds(cfg: RunConfig, sweep: Any) -> int:
 
 
 def _feature_set(rep: str, cfg: RunConfig) -> str:
-    if rep == "id":
+    fs = Representation.parse(rep).feature_set
+    if fs is None:
         return "- (learned ID embedding)"
-    fs = rep.removeprefix("id+")
     root = cfg.data.features_root
     return f"{root}/features/{fs}" if root else f"{fs} (data.features_root is not set)"
 

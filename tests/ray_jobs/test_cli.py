@@ -98,7 +98,7 @@ def test_failed_trials_and_training_are_one_line(monkeypatch, capsys) -> None:
 
     from ray_jobs import tune
 
-    def failed(cfg):
+    def failed(cfg, fresh=False):
         raise tune.TrialsFailed("2 trial(s) failed (...):\n  a: ValueError: x\n  b: ValueError: y")
 
     monkeypatch.setattr(tune, "run_sweep", failed)
@@ -113,7 +113,7 @@ def test_failed_trials_and_training_are_one_line(monkeypatch, capsys) -> None:
 
     from ray_jobs import protocol
 
-    def training_failed(cfg):
+    def training_failed(cfg, fresh=False):
         raise WorkerGroupError(
             "Traceback ...\n  File x\nRuntimeError: CUDA out of memory", {0: RuntimeError()}
         )
@@ -129,7 +129,7 @@ def test_failed_trials_and_training_are_one_line(monkeypatch, capsys) -> None:
 def test_a_bug_keeps_its_traceback(monkeypatch) -> None:
     from ray_jobs import protocol
 
-    def bug(cfg):
+    def bug(cfg, fresh=False):
         raise KeyError("a bug")
 
     monkeypatch.setattr(protocol, "run", bug)

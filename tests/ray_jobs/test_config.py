@@ -97,3 +97,17 @@ def test_paper_variants_are_short_diffs_of_their_base():
         assert not any(
             line.startswith(("catalog:", "store_root:", "data:", "output_dir:")) for line in text.splitlines()
         )
+
+
+@pytest.mark.parametrize("name", ["../../x", "/tmp/elsewhere", "a/b", "..", "~x", ""])
+def test_a_run_name_that_leaves_output_dir_is_refused(name):
+    with pytest.raises(ConfigError, match=r"name: .*not a plain folder name"):
+        load_config(None, ["data.synthetic.preset=small", f"name={name}"])
+
+
+def test_a_tune_name_is_checked_too():
+    from ray_jobs.tune import load_tune_config
+
+    with pytest.raises(ConfigError, match=r"name: .*not a plain folder name"):
+        load_tune_config(None, ["data.synthetic.preset=small", "name=../up"])
+    assert load_config(None, ["data.synthetic.preset=small", "name=run-1.b"]).name == "run-1.b"

@@ -10,7 +10,7 @@ import pytest
 
 from featurize.stores import FeatureStore
 from ray_jobs.config import load_config
-from ray_jobs.protocol import load_features, representation
+from ray_jobs.experiment import load_features
 
 
 def _store(root, name, ref, vectors):
@@ -44,6 +44,3 @@ def test_missing_store_and_representation_names(tmp_path):
     cfg = load_config(None, ["data.synthetic.preset=small", f"data.features_root={tmp_path}"])
     with pytest.raises(ValueError, match="run `seewhy featurize` first"):
         load_features(cfg, "nope", np.array([1], dtype=np.int64))
-    assert representation("id") == ("id", None)
-    assert representation("title.minilm") == ("feature", "title.minilm")
-    assert representation("id+title.minilm") == ("fusion", "title.minilm")

@@ -24,9 +24,9 @@ FAST = [
 ]
 
 
-def _run(*overrides: str) -> int:
+def _run(*overrides: str, fresh: bool = False) -> int:
     """`seewhy run` on the quick-start preset with ``--set`` overrides; returns the exit code."""
-    args = ["run", "--config", "ray_jobs/configs/quickstart.yaml"]
+    args = ["run", "--config", "ray_jobs/configs/quickstart.yaml", *(["--fresh"] if fresh else [])]
     for o in overrides:
         args += ["--set", o]
     with pytest.raises(SystemExit) as e:
@@ -124,6 +124,52 @@ def test_run_writes_a_consistent_run_folder(ray_local, log_dir, tmp_path, capsys
     assert _run(*overrides) == 0
     assert "already finished" in capsys.readouterr().out
     pd.testing.assert_frame_equal(pd.read_parquet(run / "results" / "cases.parquet"), cases)
+
+
+def test_a_changed_config_is_refused_then_retrained_with_fresh(ray_local, tmp_path, capsys):
+    """Rank files carry a fingerprint: another model.dim is refused by name; --fresh retrains; damage is redone."""
+    import pyarrow.parquet as pq
+
+    from ray_jobs.experiment import FINGERPRINT_KEY
+
+    base = [
+        f"output_dir={tmp_path}",
+        "name=r",
+        "data.synthetic.preset=small",
+        "experiment.models=[two-tower]",
+        *FAST,
+        "protocol.n_days=1",
+    ]
+    run = tmp_path / "r"
+    ranks = run / "results" / "ranks" / "two-tower__id.parquet"
+    assert _run(*base) == 0
+    capsys.readouterr()
+
+    # A key that does not shape the ranks may change: the finished arm is reused.
+    assert _run(*base, "train.progress=fold") == 0
+    assert "already finished" in capsys.readouterr().out
+
+    assert _run(*base, "model.dim=32") == 2
+    err = capsys.readouterr().err
+    assert "model.dim (was 16, now 32)" in err and "--fresh" in err and "name" in err
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["config"]["model"]["dim"] == 16 and manifest["status"] == "finished"  # untouched
+
+    assert _run(*base, "model.dim=32", fresh=True) == 0
+    out = capsys.readouterr().out
+    assert "already finished" not in out and "fit epoch 1" in out
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["config"]["model"]["dim"] == 32 and manifest["status"] == "finished"
+    stored = json.loads(pq.read_schema(ranks).metadata[FINGERPRINT_KEY])
+    assert stored["model.dim"] == "32"
+    assert len(list((run / "ray_train").iterdir())) == 1  # the old checkpoint went with --fresh
+
+    # A truncated rank file is quarantined and its arm trained again (same config, same ranks).
+    redo = pd.read_parquet(ranks)
+    ranks.write_bytes(ranks.read_bytes()[:100])
+    assert _run(*base, "model.dim=32") == 0
+    assert list((ranks.parent / "_quarantine").iterdir())
+    pd.testing.assert_frame_equal(pd.read_parquet(ranks), redo)
 
 
 def test_malformed_row_is_named(ray_local, log_dir, tmp_path, capsys):

@@ -15,7 +15,8 @@ from evaluate.significance import compare, paired_ttest
 from featurize.stores import FeatureStore
 from ray_jobs.cli import main
 from ray_jobs.config import ConfigError
-from ray_jobs.tune import load_tune_config, max_concurrent, seed_table, select_days
+from ray_jobs.prepare import prepare, select_days
+from ray_jobs.tune import load_tune_config, max_concurrent, seed_table
 from train.synth import SynthConfig, generate_log, write_microlens
 
 SYNTH = ["data.synthetic.preset=small"]
@@ -47,8 +48,6 @@ def test_demo_preset_parses():
 
 
 def test_select_days_by_label_and_index(tmp_path):
-    from ray_jobs.protocol import prepare
-
     cfg = load_tune_config(None, [*SYNTH, "protocol.n_days=3", f"output_dir={tmp_path}"])
     prep = prepare(cfg)
     labels = [f.label for f in prep.folds]
@@ -193,4 +192,51 @@ def test_small_grid_writes_table2_and_resumes(ray_local, sweep_inputs, tmp_path,
 
     # Ranks written for other days are refused by name, not mixed in.
     assert _tune(*[o for o in overrides if not o.startswith("sweep.days")], "sweep.days=[0]") == 2
-    assert "written for days" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "differing keys: folds (was" in err and "--fresh" in err
+
+
+def test_a_trial_on_a_dff_feature_set_builds_its_encoder_with_every_layer(tmp_path, monkeypatch):
+    """A tune trial on ``dff.*L1-2`` trains a 2-layer DFF encoder (the layer count of the store's manifest)."""
+    import torch
+
+    from ray_jobs import experiment
+    from ray_jobs.tune import run_trial
+    from train.registry import build_item_encoder
+
+    cfg = load_tune_config(None, [*SYNTH, "protocol.n_days=1", f"output_dir={tmp_path}", "model.dim=8"])
+    prep = prepare(cfg)
+    store = FeatureStore(tmp_path / "store", "dff.tiny.L1-2")
+    vec = np.random.default_rng(0).standard_normal((len(prep.item_ids), 2 * 4)).astype(np.float32)
+    store.write_part(
+        pd.DataFrame({"item_id": prep.item_ids, "vector": list(vec), "status": "ok", "error": ""})
+    )
+    manifest = {"models": [{"ref": "tiny:qwen2.5-vl"}], "layers": [1, 2], "layer_dim": 4}
+    (store.path / "_manifest.json").write_text(json.dumps(manifest))
+    cfg = cfg.model_copy(
+        update={"data": cfg.data.model_copy(update={"features_root": str(tmp_path / "store")})}
+    )
+    features = experiment.load_feature_sets(cfg, prep.item_ids)
+    built = []
+
+    def fake_fit_and_rank_arms(*, arms, folds, n_items, model_cfg, features, **_):
+        for a in arms:  # what the training loop builds for the arm
+            feats = torch.from_numpy(features[a.feature_set])
+            built.append(
+                build_item_encoder(a.item_encoder, n_items, model_cfg.dim, feats, **(a.encoder_kwargs or {}))
+            )
+        return {a.name: {f.label: np.ones(len(f.test_target), np.int64) for f in folds} for a in arms}
+
+    monkeypatch.setattr(experiment, "fit_and_rank_arms", fake_fit_and_rank_arms)
+    experiment.open_run_dir(cfg)
+    arm = experiment.make_arm("two-tower", "dff.tiny.L1-2", features, "t")
+    fps = {"two-tower__dff.tiny.L1-2__seed0": experiment.fingerprint(cfg, prep, features, arm, 0)}
+    run_trial(
+        {"model": "two-tower", "rep": "dff.tiny.L1-2", "seed": 0},
+        cfg=cfg,
+        prep=prep,
+        features=features,
+        fingerprints=fps,
+    )
+    (enc,) = built
+    assert enc.layers.n_layers == 2 and len(enc.layers.proj) == 2

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from train.encoders import DFFEncoder, DFFFusion, build_item_encoder
+from train.encoders import DFFEncoder, DFFFusion
+from train.registry import build_item_encoder
 
 N, LAYERS, D, DIM = 30, 3, 8, 16
 

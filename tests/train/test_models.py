@@ -4,9 +4,8 @@ import pytest
 import torch
 
 from train.config import ModelConfig, TrainConfig
-from train.encoders import build_item_encoder
 from train.loss import LOSSES, candidates_for
-from train.models import MODELS, build_model
+from train.registry import MODELS, build_item_encoder, build_model
 
 N, F, L = 40, 12, 6
 CFG = ModelConfig(dim=32, n_layers=2, n_heads=2, dropout=0.0)

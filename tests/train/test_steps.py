@@ -4,8 +4,7 @@ import numpy as np
 import torch
 
 from train.config import ModelConfig, TrainConfig
-from train.encoders import build_item_encoder
-from train.models import build_model
+from train.registry import build_item_encoder, build_model
 from train.steps import rank_cases, train_epoch
 
 N, L = 30, 5
