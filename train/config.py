@@ -45,11 +45,27 @@ class TrainConfig(_Frozen):
     batch_size: int = Field(256, ge=1, description="Training sequences per step, per worker.")
     lr: float = Field(1e-3, gt=0, description="Adam learning rate.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    loss: Literal["inbatch+sampled", "sampled"] = Field(
+    loss: Literal["ce", "gbce", "inbatch+sampled", "sampled"] = Field(
         "inbatch+sampled",
-        description="Softmax over the batch's targets plus sampled negatives, or over sampled negatives only.",
+        description="ce: softmax over the whole catalogue; gbce: gSASRec's calibrated BCE over sampled "
+        "negatives; inbatch+sampled: softmax over the batch's targets plus sampled negatives; sampled: "
+        "softmax over sampled negatives only (train/loss.py).",
     )
-    n_negatives: int = Field(256, ge=0, description="Uniformly sampled negative items per batch.")
+    n_negatives: int = Field(
+        256, ge=0, description="Uniformly sampled negative items per batch (gbce, inbatch+sampled, sampled)."
+    )
+    ce_chunk: int = Field(
+        8192,
+        ge=1,
+        description="Items scored at once by the ce loss: its largest temporary is [targets in a batch, "
+        "ce_chunk] floats, whatever the catalogue size.",
+    )
+    gbce_t: float = Field(
+        0.75,
+        ge=0.0,
+        le=1.0,
+        description="gbce calibration t (gSASRec): 0 is plain BCE, 1 fully corrects the sampling's overconfidence.",
+    )
     temperature: float = Field(1.0, gt=0, description="Softmax temperature on dot-product logits.")
     num_workers: int = Field(2, ge=1, description="Ray Train workers (gloo on CPU, NCCL on GPUs).")
     use_gpu: bool = Field(False, description="One GPU per worker when true.")

@@ -10,7 +10,7 @@ from torch import nn
 
 from evaluate.metrics import rank_targets
 from train.config import TrainConfig
-from train.loss import LOSSES, candidates_for
+from train.loss import LOSSES
 
 
 def train_epoch(
@@ -31,9 +31,9 @@ def train_epoch(
         if not valid.any():
             continue
         tgt = targets[valid]
-        cand = candidates_for(tgt, n_items, cfg.n_negatives, gen)
+        cand = loss_fn.candidates(tgt, n_items, cfg, gen)
         states, cand_emb = model(inputs, cand)
-        loss = loss_fn(states[valid], tgt, cand, cand_emb, cfg.temperature)
+        loss = loss_fn(states[valid], tgt, cand, cand_emb, cfg, n_items)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
