@@ -148,6 +148,7 @@ fit_and_rank_arms(**kwargs, on_report=kill_the_driver)
 """
 
 
+@pytest.mark.xfail(strict=True, reason="issue 12.3: per-epoch seeding of train/loop.py not merged yet")
 def test_a_driver_killed_mid_fold_resumes_to_the_ranks_of_a_clean_run(ray_local, tmp_path):
     """SIGKILL the driver in the middle of a fold, rerun: the ranks equal those of an uninterrupted run."""
     import pickle
