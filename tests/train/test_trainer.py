@@ -176,7 +176,9 @@ def test_a_driver_killed_mid_fold_resumes_to_the_ranks_of_a_clean_run(ray_local,
     )
     assert proc.returncode == -9  # killed, not finished
     resumed = fit_and_rank_arms(**kwargs, run_name="killed")
-    latest = max((tmp_path / "killed").glob("checkpoint_*"), key=lambda p: p.stat().st_mtime)
+    latest = max(
+        (p for p in (tmp_path / "killed").glob("checkpoint_*") if p.is_dir()), key=lambda p: p.stat().st_mtime
+    )
     assert torch.load(latest / STATE_FILE, weights_only=True)["progress"]["resumes"] >= 1
     clean = fit_and_rank_arms(**kwargs, run_name="clean")
     for arm in ("a", "b"):
