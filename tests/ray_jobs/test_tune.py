@@ -204,7 +204,8 @@ def test_a_trial_on_a_dff_feature_set_builds_its_encoder_with_every_layer(tmp_pa
     from ray_jobs.tune import run_trial
     from train.registry import build_item_encoder
 
-    cfg = load_tune_config(None, [*SYNTH, "protocol.n_days=1", f"output_dir={tmp_path}", "model.dim=8"])
+    reps = "experiment.representations=[id, dff.tiny.L1-2]"
+    cfg = load_tune_config(None, [*SYNTH, "protocol.n_days=1", f"output_dir={tmp_path}", "model.dim=8", reps])
     prep = prepare(cfg)
     store = FeatureStore(tmp_path / "store", "dff.tiny.L1-2")
     vec = np.random.default_rng(0).standard_normal((len(prep.item_ids), 2 * 4)).astype(np.float32)

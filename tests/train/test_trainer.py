@@ -10,7 +10,7 @@ import torch
 
 from train.config import ModelConfig, TrainConfig
 from train.loop import STATE_FILE
-from train.trainer import Arm, Fold, fit_and_rank, fit_and_rank_arms
+from train.trainer import Arm, Fold, fit_and_rank_arms
 
 pytestmark = pytest.mark.integration
 N, L = 40, 5
@@ -32,20 +32,33 @@ CFG = dict(model_cfg=ModelConfig(dim=16, n_layers=1, dropout=0.0), history_len=L
 TCFG = TrainConfig(epochs_max=6, patience=2, batch_size=64, lr=1e-2, n_negatives=16, num_workers=2)
 
 
+def _exit_once_after_a_test(marker: str):
+    """An on_report hook that kills the worker process once, right after the first fold's test."""
+
+    def hook(metrics: dict) -> None:
+        import os
+        from pathlib import Path
+
+        if metrics.get("phase") == "test" and not os.path.exists(marker):
+            Path(marker).touch()
+            os._exit(1)
+
+    return hook
+
+
 def test_fit_and_rank_kill_and_resume(ray_local, tmp_path):
     folds = _folds(np.random.default_rng(0))
     marker = tmp_path / "failed-once"
     run = functools.partial(
-        fit_and_rank,
-        model="sasrec",
-        item_encoder="id",
+        fit_and_rank_arms,
+        arms=[Arm("r", "sasrec")],
         folds=folds,
         train_cfg=TCFG,
         storage_path=str(tmp_path),
         run_name="r",
         **CFG,
     )
-    ranks = run(fail_once_marker=str(marker))
+    ranks = run(on_report=_exit_once_after_a_test(str(marker)))["r"]
     assert marker.exists()  # the worker did die after fold 0 and the run still finished
     latest = max(
         (p for p in (tmp_path / "r").glob("checkpoint_*") if p.is_dir()), key=lambda p: p.stat().st_mtime
@@ -58,16 +71,15 @@ def test_fit_and_rank_kill_and_resume(ray_local, tmp_path):
         assert len(r) == len(f.test_target) and r.min() >= 1 and r.max() <= N
         assert (r <= 10).mean() > 0.5  # the successor structure is learned
     # A rerun under the same name reads the finished run back without training.
-    again = run()
+    again = run()["r"]
     for label in ranks:
         np.testing.assert_array_equal(again[label], ranks[label])
 
 
 def test_relative_storage_path_is_refused(tmp_path):
     with pytest.raises(ValueError, match="absolute"):
-        fit_and_rank(
-            model="sasrec",
-            item_encoder="id",
+        fit_and_rank_arms(
+            arms=[Arm("x", "sasrec")],
             folds=[],
             train_cfg=TCFG,
             storage_path="rel",
@@ -112,3 +124,63 @@ def test_arm_without_its_features_is_refused(tmp_path):
             run_name="x",
             **CFG,
         )
+
+
+_DRIVER = """
+import os, pickle, signal, sys
+
+import ray
+
+from train.trainer import fit_and_rank_arms
+
+ray.init(address=sys.argv[1], configure_logging=False, log_to_driver=False)
+with open(sys.argv[2], "rb") as f:
+    kwargs = pickle.load(f)
+driver = os.getpid()
+
+
+def kill_the_driver(metrics):  # in the worker: SIGKILL this driver in the middle of the second fold
+    if metrics.get("fold") == "day1" and metrics.get("phase") == "fit" and metrics.get("epoch") == 2:
+        os.kill(driver, signal.SIGKILL)
+
+
+fit_and_rank_arms(**kwargs, on_report=kill_the_driver)
+"""
+
+
+@pytest.mark.xfail(strict=True, reason="issue 12.3: per-epoch seeding of train/loop.py not merged yet")
+def test_a_driver_killed_mid_fold_resumes_to_the_ranks_of_a_clean_run(ray_local, tmp_path):
+    """SIGKILL the driver in the middle of a fold, rerun: the ranks equal those of an uninterrupted run."""
+    import pickle
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    folds = _folds(np.random.default_rng(3))
+    tcfg = TCFG.model_copy(update={"num_workers": 1, "epochs_max": 4, "patience": 4})
+    mcfg = ModelConfig(dim=16, n_layers=1, dropout=0.2)  # dropout: the global torch RNG matters too
+    kwargs = dict(
+        arms=[Arm("a", "sasrec"), Arm("b", "two-tower")],
+        folds=folds,
+        train_cfg=tcfg,
+        model_cfg=mcfg,
+        history_len=L,
+        n_items=N,
+        storage_path=str(tmp_path),
+    )
+    (tmp_path / "args.pkl").write_bytes(pickle.dumps({**kwargs, "run_name": "killed"}))
+    root = Path(__file__).resolve().parents[2]
+    address = ray_local.get_runtime_context().gcs_address
+    proc = subprocess.run(
+        [sys.executable, "-c", _DRIVER, address, str(tmp_path / "args.pkl")], cwd=root, timeout=300
+    )
+    assert proc.returncode == -9  # killed, not finished
+    resumed = fit_and_rank_arms(**kwargs, run_name="killed")
+    latest = max(
+        (p for p in (tmp_path / "killed").glob("checkpoint_*") if p.is_dir()), key=lambda p: p.stat().st_mtime
+    )
+    assert torch.load(latest / STATE_FILE, weights_only=True)["progress"]["resumes"] >= 1
+    clean = fit_and_rank_arms(**kwargs, run_name="clean")
+    for arm in ("a", "b"):
+        for f in folds:
+            np.testing.assert_array_equal(resumed[arm][f.label], clean[arm][f.label])
