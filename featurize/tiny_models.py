@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from featurize.refs import ModelRefError
+from featurize.refs import ModelRefError, seewhy_cache
 
 SEED = 0
 
@@ -291,8 +291,7 @@ TINY_MODELS: dict[str, Callable[[Path], None]] = {
 
 def cache_root() -> Path:
     """Where tiny models are kept: ``$SEEWHY_CACHE/tiny``, else ``~/.cache/seewhy/tiny``."""
-    base = os.environ.get("SEEWHY_CACHE")
-    return (Path(base) if base else Path.home() / ".cache" / "seewhy") / "tiny"
+    return seewhy_cache() / "tiny"
 
 
 def build_hash(name: str) -> str:
