@@ -7,9 +7,8 @@ import torch.nn.functional as F
 from torch.autograd.gradcheck import GradcheckError
 
 from train.config import ModelConfig, TrainConfig
-from train.encoders import build_item_encoder
 from train.loss import LOSSES, ChunkedSoftmaxCE, candidates_for, chunked_softmax_ce, gbce_beta
-from train.models import MODELS, build_model
+from train.registry import MODELS, build_item_encoder, build_model
 
 N = 23
 
