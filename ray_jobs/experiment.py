@@ -30,8 +30,9 @@ import pandas as pd
 
 from featurize import durable
 from ray_jobs.config import RunConfig
+from ray_jobs.console import log
 from ray_jobs.estimate.core import EPOCH_S
-from ray_jobs.prepare import Prepared, log, most_popular_ranks
+from ray_jobs.prepare import Prepared, most_popular_ranks
 from train.representation import Representation
 from train.trainer import Arm, fit_and_rank_arms
 

@@ -20,12 +20,9 @@ import pandas as pd
 from evaluate import splits as S
 from evaluate.metrics import rank_targets
 from ray_jobs.config import RunConfig
+from ray_jobs.console import log
 from train.sequences import left_pad, sequence_windows
 from train.trainer import Fold
-
-
-def log(msg: str) -> None:
-    print(f"[seewhy] {msg}", flush=True)
 
 
 @dataclass(frozen=True)

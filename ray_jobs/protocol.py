@@ -26,8 +26,9 @@ import pandas as pd
 
 from ray_jobs import experiment as X
 from ray_jobs.config import RunConfig
+from ray_jobs.console import log
 from ray_jobs.manifest import write_manifest
-from ray_jobs.prepare import attach_durations, log, prepare
+from ray_jobs.prepare import attach_durations, prepare
 
 
 def run(cfg: RunConfig, fresh: bool = False) -> Path:

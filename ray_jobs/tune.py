@@ -38,7 +38,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from featurize import durable
 from ray_jobs import experiment as X
 from ray_jobs.config import RunConfig, load_tree, validate
-from ray_jobs.prepare import Prepared, log, prepare, select_days
+from ray_jobs.console import log
+from ray_jobs.prepare import Prepared, prepare, select_days
 
 SEED_KS = (10, 30)
 """The K of the mean ± std table: the paper's table columns."""
