@@ -173,7 +173,7 @@ def test_small_grid_writes_table2_and_resumes(ray_local, sweep_inputs, tmp_path,
 
     report = (run / "report.md").read_text()
     row = next(line for line in report.splitlines() if line.startswith("| topic.test |"))
-    assert re.search(r"\(\S+%, p(=|<)0\.\d+\)", row), row
+    assert re.search(r"\(\S+%, p(=|<)0\.\d+, q(=|<)0\.\d+\)", row), row
     assert "id (baseline)" in report and "## Seeds" in report and "± " in report
     seeds = pd.read_csv(run / "results" / "seeds.csv")
     got = seeds.set_index(["model", "feature_set", "k"]).loc[("two-tower", "topic.test", 10)]
